@@ -1,0 +1,3 @@
+from r1pipe.cli import main
+
+main()

@@ -1,0 +1,273 @@
+"""Typed schemas for every config group.
+
+The YAML files under ``conf/`` are merged on top of these dataclasses by Hydra, so an unknown
+key or a value of the wrong type fails at composition, before any model is built. Checks that
+relate several fields live in ``__post_init__`` and run when :func:`r1pipe.config.compose`
+turns the composed config into these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is inconsistent; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and how it starts."""
+
+    dir: str = "runs/default"
+    """Run directory shared by every stage of one run (manifest, checkpoints, metrics)."""
+    seed: int = 0
+    """Seed for data order, model init and sampling."""
+    resume: bool = True
+    """Resume a stage from its last complete periodic checkpoint when the config hash matches."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "run.dir", "must be a non-empty path")
+
+
+@dataclass
+class ModelConfig:
+    """The policy model: a local HF directory, a hub id, or a tiny model built offline."""
+
+    name: str = "tiny"
+    """Label used in logs and the manifest."""
+    path: str | None = MISSING
+    """Local HF directory or hub id. ``null`` builds the tiny model described below (offline)."""
+    arch: str = "qwen2"
+    """Tiny model architecture: ``qwen2`` or ``llama``."""
+    tokenizer: str = "char"
+    """Tiny model tokenizer: ``char`` (one token per character, built offline)."""
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 512
+    dtype: str = "auto"
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
+    attn_implementation: str = "sdpa"
+    """``sdpa``, ``eager`` or ``flash_attention_2`` (GPU only)."""
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of(self.arch, "model.arch", ("qwen2", "llama"))
+        _one_of(self.tokenizer, "model.tokenizer", ("char",))
+        _one_of(self.dtype, "model.dtype", ("auto", "float32", "bfloat16"))
+        _one_of(
+            self.attn_implementation,
+            "model.attn_implementation",
+            ("sdpa", "eager", "flash_attention_2", "flash_attention_3"),
+        )
+        if self.path is None:
+            _check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+                   "must be divisible by model.num_heads")
+            _check(self.num_heads % self.num_kv_heads == 0, "model.num_heads",
+                   "must be divisible by model.num_kv_heads")
+        else:
+            _check(bool(self.path.strip()), "model.path", "must be a directory or hub id")
+
+
+@dataclass
+class TaskConfig:
+    """Data and how answers are checked."""
+
+    name: str = "addition"
+    kind: str = "addition"
+    """``addition`` (synthetic, generated from a seed) or ``jsonl`` (local files via datasets)."""
+    # -- synthetic addition
+    num_digits: int = 2
+    """Digits per operand of the synthetic addition task."""
+    num_operands: int = 2
+    train_size: int = 4000
+    eval_size: int = 200
+    """Held-out prompts used for ``STAGE/eval.json`` (for jsonl tasks: the first N of eval_file)."""
+    # -- jsonl
+    train_file: str | None = None
+    eval_file: str | None = None
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    solution_field: str | None = None
+    """Field holding a worked solution; becomes the chain of thought of cold-start examples."""
+    reference: str = "field"
+    """How the reference answer is read from ``answer_field``: ``field`` (as is), ``gsm8k``
+    (after ``####``), ``boxed`` (last ``\\boxed{}``)."""
+    # -- checking and prompting
+    answer_format: str = "answer_tag"
+    """Where the final answer sits in the summary: ``answer_tag`` or ``boxed``."""
+    verifier: str = "exact"
+    """``exact``, ``numeric`` or ``math`` (math-verify)."""
+    tolerance: float = 1e-6
+    template: str = "chat"
+    """``chat`` (the tokenizer's chat template) or ``r1_zero`` (the paper's R1-Zero prompt)."""
+    instruction: str = ""
+    """Appended to every question (e.g. the R1 "put your final answer within \\boxed{}")."""
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, "task.kind", ("addition", "jsonl"))
+        _one_of(self.answer_format, "task.answer_format", ("answer_tag", "boxed"))
+        _one_of(self.verifier, "task.verifier", ("exact", "numeric", "math"))
+        _one_of(self.template, "task.template", ("chat", "r1_zero"))
+        _one_of(self.reference, "task.reference", ("field", "gsm8k", "boxed"))
+        _check(self.eval_size > 0, "task.eval_size", "must be > 0")
+        if self.kind == "addition":
+            _check(1 <= self.num_digits <= 12, "task.num_digits", "must be in 1..12")
+            _check(self.num_operands >= 2, "task.num_operands", "must be >= 2")
+            _check(self.train_size > 0, "task.train_size", "must be > 0")
+        else:
+            _check(self.train_file is not None, "task.train_file", "is required for kind=jsonl")
+            _check(self.eval_file is not None, "task.eval_file", "is required for kind=jsonl")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning knobs (cold-start; reused by rejection-sft and distillation)."""
+
+    max_steps: int = -1
+    """Optimizer steps; -1 means ``epochs`` passes over the data."""
+    epochs: float = 1.0
+    global_batch_size: int = 32
+    """Sequences per optimizer step, summed over ranks and micro-batches."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass on one rank (packed into one row when ``packing``)."""
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    lr_scheduler: str = "cosine"
+    """``cosine``, ``linear`` or ``constant`` after warmup."""
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    packing: bool = True
+    """Concatenate a micro-batch into one row (block-diagonal attention): no compute on padding."""
+    max_seq_len: int = 512
+    """Longer examples are truncated (counted in the metrics)."""
+    log_every: int = 10
+    save_every: int = 100
+    """Periodic resumable checkpoint every N steps (0: only the final export)."""
+    keep_last: int = 2
+    """Periodic checkpoints kept on disk."""
+
+    def check(self, prefix: str) -> None:
+        """Validate; ``prefix`` is where this block sits (``stage.cold_start``)."""
+        p = prefix + "."
+        _one_of(self.lr_scheduler, p + "lr_scheduler", ("cosine", "linear", "constant"))
+        _check(self.max_steps > 0 or self.epochs > 0, p + "max_steps", "or epochs must be > 0")
+        _check(self.global_batch_size > 0, p + "global_batch_size", "must be > 0")
+        _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
+        _check(self.global_batch_size % self.micro_batch_size == 0, p + "global_batch_size",
+               f"({self.global_batch_size}) must be a multiple of micro_batch_size "
+               f"({self.micro_batch_size})")
+        _check(self.lr > 0, p + "lr", "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, p + "warmup_ratio", "must be in [0, 1)")
+        _check(0 <= self.min_lr_ratio <= 1, p + "min_lr_ratio", "must be in [0, 1]")
+        _check(self.log_every > 0, p + "log_every", "must be > 0")
+        _check(self.save_every >= 0, p + "save_every", "must be >= 0")
+        _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
+
+
+@dataclass
+class StagesConfig:
+    """Per-stage knobs, one entry per stage (``stage.cold_start.lr=...``)."""
+
+    cold_start: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """The generator back end used for rollouts and evaluation."""
+
+    backend: str = "hf"
+    """``hf`` (transformers; CPU and GPU) or ``vllm`` (GPU)."""
+    batch_size: int = 256
+    """Prompts per generate call (hf)."""
+    gpu_memory_utilization: float = 0.5
+    """vllm: share of GPU memory for weights and KV cache (colocated with training)."""
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of(self.backend, "generation.backend", ("hf", "vllm"))
+        _check(self.batch_size > 0, "generation.batch_size", "must be > 0")
+        _check(0 < self.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization",
+               "must be in (0, 1]")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO settings; the engine turns them into a DeepSpeed config dict."""
+
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bf16: str = "auto"
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``true`` or ``false``."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Raw keys merged into the DeepSpeed config (expert use)."""
+
+    def __post_init__(self) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3")
+        _one_of(str(self.bf16).lower(), "deepspeed.bf16", ("auto", "true", "false"))
+        _check(not self.offload_params or self.zero_stage == 3, "deepspeed.offload_params",
+               "needs zero_stage=3")
+        _check(not self.offload_optimizer or self.zero_stage >= 1, "deepspeed.offload_optimizer",
+               "needs zero_stage >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation at the end of every stage (``STAGE/eval.json``)."""
+
+    num_samples: int = 1
+    """k completions per prompt; pass@1 is averaged over them."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "eval.num_samples", "must be >= 1")
+        _check(self.temperature >= 0, "eval.temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
+        _check(not (self.num_samples > 1 and self.temperature == 0), "eval.num_samples",
+               "k > 1 samples need eval.temperature > 0 (greedy gives k copies)")
+
+
+@dataclass
+class R1Config:
+    """The whole configuration tree."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    stage: StagesConfig = field(default_factory=StagesConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: str = "tiny"
+    """Name of the experiment this config came from (set by the experiment file)."""
+
+    def __post_init__(self) -> None:
+        # Stage blocks are reused by several stages, so they validate with their own prefix.
+        self.stage.cold_start.check("stage.cold_start")

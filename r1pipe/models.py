@@ -1,0 +1,163 @@
+"""Models and tokenizers: load any HF causal LM, or build the tiny one offline.
+
+The tiny model is written to disk in Hugging Face format (weights, config, tokenizer with a
+chat template, generation config) before any stage uses it, so every stage, transformers and
+vLLM treat it like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from r1pipe.config.schema import ModelConfig
+from r1pipe.errors import UserError
+
+# Whole-token tags: one id each so that the format reward and the tiny model see them as units.
+PAD, EOS, BOS_TURN = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+# Qwen-style ChatML. The assistant turn ends with <|im_end|>, which is also the EOS token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer (byte-level BPE with no merges) plus chat and R1 tags.
+
+    Built offline. It is stored in the same byte-level BPE format as Qwen2's tokenizer, so
+    transformers' ``Qwen2Tokenizer`` and vLLM load it unchanged; with no merges every byte of
+    the text is one token, which keeps the tiny task's digits one token each.
+
+    >>> tok = build_char_tokenizer()
+    >>> tok.decode(tok("<think>1+2</think>")["input_ids"])
+    '<think>1+2</think>'
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    specials = [PAD, EOS, BOS_TURN]
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(byte_symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tok.add_tokens(TAG_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+        model_max_length=4096, clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A small Qwen2/Llama causal LM from the spec in ``cfg`` (random init from ``seed``)."""
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        rope_theta=10000.0,
+    )
+    config = Qwen2Config(**common) if cfg.arch == "qwen2" else LlamaConfig(**common)
+    config._attn_implementation = cfg.attn_implementation
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return model
+
+
+def save_tiny_base(cfg: ModelConfig, out_dir: Path, seed: int) -> Path:
+    """Build the tiny model and tokenizer and save both in HF format into ``out_dir``."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(cfg, tokenizer, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.exists(path) or path.count("/") > 1
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "float32":
+        return torch.float32
+    if cfg.dtype == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it can pad and has a chat template."""
+    _check_model_path(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.path={path}: cannot load a tokenizer ({_first_line(e)})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def load_model(path: str | Path, cfg: ModelConfig, *, dtype: torch.dtype = torch.float32
+               ) -> PreTrainedModel:
+    """Load a causal LM from a local HF directory or a hub id, with one clear error."""
+    _check_model_path(str(path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"model.path={path}: cannot load a causal LM ({_first_line(e)})") from None
+    return model
+
+
+def _check_model_path(path: str) -> None:
+    if _looks_local(path):
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise UserError(f"model.path={path}: no such directory")
+        if not (p / "config.json").is_file():
+            raise UserError(f"model.path={path}: not a Hugging Face model directory "
+                            "(no config.json)")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

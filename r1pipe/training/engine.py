@@ -1,0 +1,261 @@
+"""The one training engine: DeepSpeed ZeRO 0-3 (optional CPU offload), on CPU and GPU.
+
+Every stage trains through :class:`TrainEngine`. A step takes the micro-batches of this rank
+and a loss function that returns a *summed* loss; the engine divides by the global
+normaliser (e.g. response tokens over all ranks and micro-batches), so the gradient is the
+same whatever the split into ranks and micro-batches (tests/stages/test_distributed.py).
+
+Checkpoints are DeepSpeed checkpoints (model, optimizer, scheduler) plus, per rank, the RNG
+state, in ``STAGE/checkpoints/step-N/``; a ``COMPLETE`` marker written after every rank has
+saved makes a checkpoint eligible for resume, so a crash during a save is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from r1pipe.config.schema import DeepSpeedConfig
+from r1pipe.training.dist import DistInfo, barrier
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float
+              ) -> Callable[[int], float]:
+    """Linear warmup, then cosine/linear decay to ``min_lr_ratio`` (or constant).
+
+    >>> f = lr_lambda("cosine", 10, 2, 0.1)
+    >>> [round(f(s), 3) for s in (0, 1, 2, 10)]
+    [0.5, 1.0, 1.0, 0.1]
+    """
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "linear":
+            return 1.0 - (1.0 - min_lr_ratio) * progress
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def use_bf16(ds_cfg: DeepSpeedConfig, device: torch.device) -> bool:
+    flag = str(ds_cfg.bf16).lower()
+    return device.type == "cuda" if flag == "auto" else flag == "true"
+
+
+def deepspeed_config(ds_cfg: DeepSpeedConfig, *, micro_batch_size: int, grad_accum: int,
+                     world_size: int, max_grad_norm: float, bf16: bool,
+                     optimizer: dict[str, Any] | None) -> dict[str, Any]:
+    """The DeepSpeed config dict for our settings."""
+    zero: dict[str, Any] = {"stage": ds_cfg.zero_stage}
+    if ds_cfg.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True,
+                    stage3_param_persistence_threshold=1e4)
+    if ds_cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds_cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if optimizer is not None:
+        config["optimizer"] = optimizer
+    _deep_update(config, dict(ds_cfg.extra))
+    return config
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+class TrainEngine:
+    """DeepSpeed engine + optimizer + LR schedule for one model.
+
+    Args:
+        model: The HF model (full weights on every rank; ZeRO partitions them at init).
+        ds_cfg: ``cfg.deepspeed``.
+        dist: Process-group info.
+        lr, weight_decay, betas: AdamW settings.
+        total_steps, warmup_steps, lr_scheduler, min_lr_ratio: Schedule.
+        micro_batch_size: Sequences per micro-batch (for DeepSpeed's bookkeeping).
+        grad_accum: Micro-batches per optimizer step on each rank.
+        max_grad_norm: Global gradient-norm clip.
+        gradient_checkpointing: Recompute activations in backward.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, ds_cfg: DeepSpeedConfig, dist: DistInfo,
+                 lr: float, weight_decay: float, betas: tuple[float, float],
+                 total_steps: int, warmup_steps: int, lr_scheduler: str, min_lr_ratio: float,
+                 micro_batch_size: int, grad_accum: int, max_grad_norm: float,
+                 gradient_checkpointing: bool = False):
+        import deepspeed
+
+        self.dist = dist
+        self.grad_accum = grad_accum
+        self.bf16 = use_bf16(ds_cfg, dist.device)
+        if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(dist.device)
+        # Offloaded optimizer states need DeepSpeed's CPU Adam, which DeepSpeed builds from
+        # its config; otherwise torch's AdamW (works on CPU and GPU, no compiled op).
+        optimizer = None
+        optimizer_cfg = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if ds_cfg.offload_optimizer:
+            optimizer_cfg = {"type": "AdamW", "params": {"lr": lr, "betas": list(betas),
+                                                         "weight_decay": weight_decay}}
+        else:
+            optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                          foreach=dist.device.type == "cuda")
+        self.ds_config = deepspeed_config(
+            ds_cfg, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
+            world_size=dist.world_size, max_grad_norm=max_grad_norm, bf16=self.bf16,
+            optimizer=optimizer_cfg)
+        schedule = lr_lambda(lr_scheduler, total_steps, warmup_steps, min_lr_ratio)
+
+        def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=params if optimizer is None else None,
+            optimizer=optimizer, lr_scheduler=make_scheduler, config=self.ds_config)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def train_step(self, micro_batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn,
+                   normalizer: float) -> dict[str, float]:
+        """Forward/backward every micro-batch of this rank, then one optimizer step.
+
+        Args:
+            micro_batches: Exactly ``grad_accum`` batches (tensors are moved to the device).
+            loss_fn: ``(model, batch) -> (summed_loss, stats)``.
+            normalizer: What the summed loss of the *global* batch is divided by (e.g. all
+                response tokens over all ranks). DeepSpeed averages over ranks and
+                accumulation steps, which the scaling below undoes.
+
+        Returns:
+            ``loss`` (global, normalised), ``grad_norm``, ``lr`` and summed stats of this rank.
+        """
+        assert len(micro_batches) == self.grad_accum, (len(micro_batches), self.grad_accum)
+        self.engine.train()
+        scale = self.dist.world_size * self.grad_accum / max(normalizer, 1e-12)
+        local_loss = 0.0
+        stats: dict[str, float] = {}
+        for batch in micro_batches:
+            batch = {k: v.to(self.dist.device) for k, v in batch.items()}
+            loss_sum, mb_stats = loss_fn(self.engine, batch)
+            self.engine.backward(loss_sum * scale)
+            self.engine.step()
+            local_loss += float(loss_sum.detach())
+            for k, v in mb_stats.items():
+                stats[k] = stats.get(k, 0.0) + v
+        from r1pipe.training.dist import all_reduce_sum
+
+        total = all_reduce_sum(local_loss, self.dist.device)
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": total / max(normalizer, 1e-12),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": float(self.scheduler.get_last_lr()[0]) if self.scheduler else float("nan"),
+            **stats,
+        }
+
+    # ---- checkpoints -------------------------------------------------------------------
+
+    def save_checkpoint(self, root: Path, step: int, client_state: dict[str, Any],
+                        keep_last: int) -> Path:
+        """Save resumable state to ``root/step-N`` on every rank; mark it complete."""
+        tag = f"step-{step}"
+        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+        path = root / tag
+        torch.save(_rng_state(), path / f"rng_rank{self.dist.rank}.pt")
+        barrier()
+        if self.dist.is_main:
+            (path / "COMPLETE").write_text(json.dumps({"step": step}) + "\n")
+            for old in complete_checkpoints(root)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return path
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Restore engine, optimizer, scheduler and this rank's RNG; return the client state."""
+        _, client_state = self.engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True,
+            load_lr_scheduler_states=True)
+        if client_state is None:
+            raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")
+        rng_file = path / f"rng_rank{self.dist.rank}.pt"
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        return client_state
+
+    def export_hf(self, out_dir: Path, tokenizer: Any) -> None:
+        """Write the final model in Hugging Face format (ZeRO-3 shards gathered on rank 0)."""
+        import deepspeed
+
+        module = self.engine.module
+        if self.engine.zero_optimization_stage() == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} \
+                    if self.dist.is_main else None
+        else:
+            state = {k: v.detach().cpu() for k, v in module.state_dict().items()} \
+                if self.dist.is_main else None
+        if self.dist.is_main:
+            assert state is not None
+            out_dir.mkdir(parents=True, exist_ok=True)
+            module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+        barrier()
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Periodic checkpoints under ``root`` that finished saving, oldest first."""
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / "COMPLETE").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
