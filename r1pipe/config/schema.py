@@ -158,7 +158,9 @@ class SFTConfig:
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
     packing: bool = True
-    """Concatenate a micro-batch into one row (block-diagonal attention): no compute on padding."""
+    """Bin-pack a micro-batch into rows of ``pack_length`` tokens (block-diagonal attention)."""
+    pack_length: int = 0
+    """Row length for packing; 0 means ``max_seq_len``."""
     max_seq_len: int = 512
     """Longer examples are truncated (counted in the metrics)."""
     log_every: int = 10

@@ -5,8 +5,8 @@ held-out split, the next ``train_size`` the train split, so the splits never ove
 the same on every machine. Each example carries an R1-format response for cold-start SFT::
 
     <think>
-    7+8=15, write 5 carry 1
-    4+3+1=8, write 8 carry 0
+    7+8=15, carry 1
+    4+3+1=8, carry 0
     </think>
     47+38 = <answer>85</answer>
 """
@@ -22,8 +22,8 @@ def addition_cot(operands: list[int]) -> str:
     """The digit-wise chain of thought (inside ``<think>``) for summing ``operands``.
 
     >>> print(addition_cot([47, 38]))
-    7+8=15, write 5 carry 1
-    4+3+1=8, write 8 carry 0
+    7+8=15, carry 1
+    4+3+1=8, carry 0
     """
     width = max(len(str(x)) for x in operands)
     digits = [str(x).zfill(width) for x in operands]
@@ -31,10 +31,10 @@ def addition_cot(operands: list[int]) -> str:
     for col in range(width - 1, -1, -1):
         terms = [d[col] for d in digits] + ([str(carry)] if carry else [])
         total = sum(int(t) for t in terms)
-        carry, digit = divmod(total, 10)
-        lines.append(f"{'+'.join(terms)}={total}, write {digit} carry {carry}")
+        carry = total // 10
+        lines.append(f"{'+'.join(terms)}={total}, carry {carry}")
     if carry:
-        lines.append(f"write the final carry {carry}")
+        lines.append(f"final carry {carry}")
     return "\n".join(lines)
 
 

@@ -158,7 +158,8 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
             order = sample_order(step, sft.global_batch_size, len(data), cfg.run.seed)
             micro_idx = list(rank_micro_batches(order, dist.rank, world, sft.micro_batch_size))
             batches = [collate([data[i] for i in mb], packing=sft.packing,
-                               pad_id=tokenizer.pad_token_id, attn_implementation=attn)
+                               pad_id=tokenizer.pad_token_id, attn_implementation=attn,
+                               pack_length=sft.pack_length or sft.max_seq_len)
                        for mb in micro_idx]
             local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
             local_input = sum(len(data[i].input_ids) for mb in micro_idx for i in mb)

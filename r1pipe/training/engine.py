@@ -147,6 +147,10 @@ class TrainEngine:
             optimizer=optimizer, lr_scheduler=make_scheduler, config=self.ds_config)
 
     @property
+    def _norm_untracked(self) -> bool:
+        return self.engine.zero_optimization_stage() == 0 and not self.bf16
+
+    @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
@@ -168,11 +172,17 @@ class TrainEngine:
         self.engine.train()
         scale = self.dist.world_size * self.grad_accum / max(normalizer, 1e-12)
         local_loss = 0.0
+        own_norm = float("nan")
         stats: dict[str, float] = {}
         for batch in micro_batches:
             batch = {k: v.to(self.dist.device) for k, v in batch.items()}
             loss_sum, mb_stats = loss_fn(self.engine, batch)
             self.engine.backward(loss_sum * scale)
+            if self.engine.is_gradient_accumulation_boundary() and self._norm_untracked:
+                # DeepSpeed clips fp32 ZeRO-0 gradients without keeping the norm; the
+                # gradients are already all-reduced here, so this is the same global norm.
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                own_norm = float(torch.nn.utils.get_total_norm(grads))
             self.engine.step()
             local_loss += float(loss_sum.detach())
             for k, v in mb_stats.items():
@@ -180,7 +190,7 @@ class TrainEngine:
         from r1pipe.training.dist import all_reduce_sum
 
         total = all_reduce_sum(local_loss, self.dist.device)
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = own_norm if self._norm_untracked else self.engine.get_global_grad_norm()
         return {
             "loss": total / max(normalizer, 1e-12),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),

@@ -3,9 +3,9 @@
 A sequence is the prompt tokens followed by the response tokens; the loss mask is true on
 response tokens only. A micro-batch is either
 
-* packed: all its sequences concatenated into one row ``[1, T]`` with ``position_ids``
-  restarting at 0 for each sequence and a block-diagonal causal mask, so no compute goes to
-  padding and no token attends across a sequence boundary; or
+* packed: its sequences bin-packed into a few rows of at most ``pack_length`` tokens, with
+  ``position_ids`` restarting at 0 for each sequence and a block-diagonal causal mask, so
+  almost no compute goes to padding and no token attends across a sequence boundary; or
 * padded: ``[B, L_max]`` right-padded with a 2-D attention mask.
 
 Both give the same per-token losses (tests/unit/training/test_packing.py).
@@ -42,25 +42,64 @@ def tokenize_sft(prompt: str, response: str, tokenizer: PreTrainedTokenizerBase,
     return TokenizedSFT(ids[:max_len], mask[:max_len], truncated)
 
 
-def collate(batch: list[TokenizedSFT], *, packing: bool, pad_id: int,
-            attn_implementation: str = "sdpa") -> dict[str, torch.Tensor]:
-    """Build model inputs and shifted labels for one micro-batch.
+def pack_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing of sequence indices into rows of <= pack_length tokens.
 
-    Returns a dict with ``input_ids``, ``labels`` (``IGNORE`` off the loss mask; aligned with
-    ``input_ids``, the loss shifts them), ``position_ids`` and, except for packed flash
-    attention (which finds the boundaries from ``position_ids``), ``attention_mask``.
+    >>> pack_rows([5, 3, 4, 2], 8)
+    [[0, 1], [2, 3]]
+    """
+    rows: list[list[int]] = []
+    space: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(space):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                space[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            space.append(pack_length - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def collate(batch: list[TokenizedSFT], *, packing: bool, pad_id: int, pack_length: int = 0,
+            attn_implementation: str = "sdpa") -> dict[str, torch.Tensor]:
+    """Build model inputs and labels for one micro-batch.
+
+    Packed: sequences are bin-packed into rows of at most ``pack_length`` tokens (at least the
+    longest sequence); ``position_ids`` restart at 0 for each sequence and the attention mask
+    is block-diagonal causal ``[R, 1, L, L]`` (flash attention finds the boundaries from
+    ``position_ids`` and gets no mask). Rows are short on purpose: attention cost grows with
+    the square of the row length, so one giant row would waste far more than padding does.
+    Padded: ``[B, L_max]`` right-padded with a 2-D attention mask.
+
+    ``labels`` are aligned with ``input_ids`` (``IGNORE`` off the loss mask); the loss shifts.
     """
     if packing:
-        ids = torch.tensor([t for ex in batch for t in ex.input_ids])[None]  # [1, T]
-        labels = torch.tensor([t if m else IGNORE for ex in batch
-                               for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)])[None]
-        pos = torch.cat([torch.arange(len(ex.input_ids)) for ex in batch])[None]  # [1, T]
+        lengths = [len(ex.input_ids) for ex in batch]
+        rows = pack_rows(lengths, max(pack_length, max(lengths)))
+        L = max(sum(lengths[i] for i in row) for row in rows)
+        ids = torch.full((len(rows), L), pad_id)
+        labels = torch.full((len(rows), L), IGNORE)
+        pos = torch.zeros((len(rows), L), dtype=torch.long)
+        seq = torch.full((len(rows), L), -1)  # -1: padding at the end of a row
+        for r, row in enumerate(rows):
+            at = 0
+            for j, i in enumerate(row):
+                ex, n = batch[i], lengths[i]
+                ids[r, at:at + n] = torch.tensor(ex.input_ids)
+                labels[r, at:at + n] = torch.tensor(
+                    [t if m else IGNORE for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)])
+                pos[r, at:at + n] = torch.arange(n)
+                seq[r, at:at + n] = j
+                at += n
+            pos[r, at:] = torch.arange(L - at)
         out = {"input_ids": ids, "labels": labels, "position_ids": pos}
         if not attn_implementation.startswith("flash"):
-            seq = torch.cat([torch.full((len(ex.input_ids),), i) for i, ex in enumerate(batch)])
-            T = seq.numel()
-            causal = torch.ones(T, T, dtype=torch.bool).tril_()
-            out["attention_mask"] = (causal & (seq[:, None] == seq[None, :]))[None, None]
+            causal = torch.ones(L, L, dtype=torch.bool).tril_()
+            # Padding tokens attend to themselves only (a fully masked row would give NaN).
+            same = (seq[:, :, None] == seq[:, None, :])
+            out["attention_mask"] = (causal & same)[:, None]  # [R, 1, L, L]
         return out
     L = max(len(ex.input_ids) for ex in batch)
     ids = torch.full((len(batch), L), pad_id)

@@ -1,0 +1,39 @@
+# r1pipe: `make demo` runs the tiny default, `make test` the test suite. Both install into
+# .venv first. torch is pinned to 2.13.0, whose CPU build is what CPU machines get.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and exactly pinned: with it installed, nothing below pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/r1pipe run-all run.dir=runs/tiny
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check r1pipe tests scripts
+	$(BIN)/ruff format --check r1pipe tests scripts
+
+bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/python scripts/bench_sft.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,112 @@
+"""`r1pipe stage cold-start` end to end: artifacts, HF export, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+from clihelpers import cli, manifest, metrics, ok
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def test_smoke_artifacts_and_manifest(smoke_run):
+    entry = manifest(smoke_run)["stages"]["cold-start"]
+    assert entry["status"] == "completed"
+    assert entry["checkpoint"] == "cold-start/checkpoint"
+    assert entry["parent"] == "base-model" and len(entry["config_hash"]) == 16
+    assert entry["start_time"] and entry["end_time"]
+    for key in ("pass@1", "format_rate", "train_loss", "steps"):
+        assert key in entry["metrics"]
+    stage = smoke_run / "cold-start"
+    assert (stage / "config.yaml").read_text().count("cold_start:") == 1
+    ev = json.loads((stage / "eval.json").read_text())
+    assert 0.0 <= ev["pass@1"] <= 1.0 and 0.0 <= ev["format_rate"] <= 1.0
+    assert ev["num_problems"] == 16
+    steps = [m["step"] for m in metrics(smoke_run)]
+    assert steps == list(range(1, 7))
+    # periodic checkpoints at 2 and 4 (keep_last=2), each marked complete
+    ckpts = sorted(p.name for p in (stage / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-2", "step-4"]
+    assert all((stage / "checkpoints" / c / "COMPLETE").is_file() for c in ckpts)
+
+
+def test_loss_decreases(smoke_run):
+    losses = [m["loss"] for m in metrics(smoke_run)]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_checkpoint_loads_with_transformers_and_generates(smoke_run):
+    path = smoke_run / "cold-start" / "checkpoint"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "12+34=?"}],
+                                     add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    # trained weights differ from the untrained base
+    base = AutoModelForCausalLM.from_pretrained(smoke_run / "base-model")
+    assert not torch.equal(next(model.parameters()), next(base.parameters()))
+
+
+def test_resume_after_crash_continues_the_same_curve(smoke_run, tmp_path):
+    run_dir = tmp_path / "crash"
+    args = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
+    crashed = cli(*args, env={"R1PIPE_FAULT_AT_STEP": "5"})
+    assert crashed.returncode == 137
+    assert manifest(run_dir)["stages"]["cold-start"]["status"] == "running"
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4, 5]
+    res = ok(cli(*args))
+    assert "resuming from step-4" in res.stderr
+    entry = manifest(run_dir)["stages"]["cold-start"]
+    assert entry["status"] == "completed" and entry["resumed_from"].endswith("step-4")
+    resumed, straight = metrics(run_dir), metrics(smoke_run)
+    assert [m["step"] for m in resumed] == list(range(1, 7))  # step 5 redone, not duplicated
+    for a, b in zip(resumed, straight, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+
+
+def test_changed_config_starts_fresh(tmp_path):
+    run_dir = tmp_path / "fresh"
+    base = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
+    assert cli(*base, env={"R1PIPE_FAULT_AT_STEP": "3"}).returncode == 137
+    res = ok(cli(*base, "stage.cold_start.lr=0.001"))
+    assert "resuming" not in res.stderr
+    assert "resumed_from" not in manifest(run_dir)["stages"]["cold-start"]
+
+
+BAD_INPUT = [
+    (["model.foo=1"], "unknown config key 'model.foo'"),
+    (["stage.cold_start.lr=fast"], "invalid value for 'stage.cold_start.lr'"),
+    (["task=gsm8k", "task.train_file=/no/train.jsonl", "task.eval_file=/no/test.jsonl"],
+     "task.train_file=/no/train.jsonl: no such file"),
+    (["model=hf"], "'model.path' is required"),
+    (["model=hf", "model.path=/no/such/model"], "model.path=/no/such/model: no such directory"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "needle"), BAD_INPUT)
+def test_bad_input_one_clear_message(tmp_path, overrides, needle):
+    res = cli("stage", "cold-start", "conf=smoke", f"run.dir={tmp_path}/r", *overrides)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_data_row_without_field(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "x #### 1"}\n{"question": "q2"}\n')
+    res = cli("stage", "cold-start", "conf=smoke", f"run.dir={tmp_path}/r", "task=gsm8k",
+              f"task.train_file={data}", f"task.eval_file={data}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{data}:2: row has no field 'answer'" in res.stderr
+    # a failure is recorded, not lost
+    assert manifest(tmp_path / "r")["stages"]["cold-start"]["status"] == "failed"
+
+
+def test_unbuilt_commands_say_so():
+    res = cli("eval")
+    assert res.returncode == 2 and "not built yet" in res.stderr
+    res = cli("stage", "nope")
+    assert res.returncode == 2 and "unknown stage 'nope'" in res.stderr

@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from r1pipe.config import compose
+from r1pipe.data.synthetic import addition_cot, addition_response, addition_splits
+from r1pipe.data.tasks import load_task
+from r1pipe.errors import UserError
+from r1pipe.rewards import accuracy_reward, format_reward
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+def test_addition_cot_by_hand():
+    assert addition_cot([47, 38]) == "7+8=15, carry 1\n4+3+1=8, carry 0"
+    assert addition_cot([99, 1]).splitlines()[-1] == "final carry 1"
+    assert addition_cot([123, 456, 789]).splitlines()[0] == "3+6+9=18, carry 1"
+
+
+def test_splits_deterministic_disjoint_and_sized():
+    kw = dict(num_digits=2, num_operands=2, train_size=300, eval_size=50)
+    tr1, ev1 = addition_splits(seed=3, **kw)
+    tr2, ev2 = addition_splits(seed=3, **kw)
+    tr3, _ = addition_splits(seed=4, **kw)
+    assert [e.question for e in tr1] == [e.question for e in tr2]
+    assert [e.question for e in ev1] == [e.question for e in ev2]
+    assert [e.question for e in tr1] != [e.question for e in tr3]
+    assert len(tr1) == 300 and len(ev1) == 50
+    assert not {e.question for e in tr1} & {e.question for e in ev1}
+
+
+def test_synthetic_responses_pass_the_rewards():
+    train, _ = addition_splits(num_digits=3, num_operands=2, train_size=50, eval_size=5, seed=0)
+    for e in train:
+        assert format_reward(e.response, "answer_tag") == 1.0
+        assert accuracy_reward(e.response, e.reference, verifier="exact") == 1.0
+    assert "<answer>" not in addition_response([1, 2], "boxed")
+
+
+def test_small_space_keeps_every_problem_once():
+    train, held = addition_splits(num_digits=1, num_operands=2, train_size=1000, eval_size=10,
+                                  seed=0)
+    assert len(train) + len(held) == 81
+
+
+def _gsm8k_cfg(train, test):
+    cfg, _ = compose(["task=gsm8k", f"task.train_file={train}", f"task.eval_file={test}"])
+    return cfg
+
+
+def test_gsm8k_jsonl_loader_real_sample():
+    f = ASSETS / "gsm8k_sample.jsonl"
+    cfg = _gsm8k_cfg(f, f)
+    train, held = load_task(cfg.task, 0)
+    assert len(train) == 50
+    first = json.loads(f.read_text().splitlines()[0])
+    assert train[0].reference == first["answer"].split("####")[1].strip().replace(",", "")
+    assert "<<" not in train[0].response  # calculator annotations stripped
+    for e in train:
+        assert format_reward(e.response, "boxed") == 1.0
+        assert accuracy_reward(e.response, e.reference, verifier="math",
+                               answer_format="boxed") == 1.0
+
+
+def test_math_jsonl_loader_real_sample():
+    f = ASSETS / "math500_sample.jsonl"
+    cfg, _ = compose(["task=math", f"task.train_file={f}", f"task.eval_file={f}",
+                      "task.eval_size=10"])
+    train, held = load_task(cfg.task, 0)
+    assert len(train) == 50 and len(held) == 10
+    assert held[0].id.startswith("test/")
+
+
+def test_missing_file_named(tmp_path):
+    cfg = _gsm8k_cfg(tmp_path / "nope.jsonl", tmp_path / "nope.jsonl")
+    with pytest.raises(UserError, match=r"task.train_file=.*nope.jsonl: no such file"):
+        load_task(cfg.task, 0)
+
+
+def test_row_without_field_names_file_line_and_field(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"question": "q1", "answer": "a #### 1"}) + "\n"
+                 + json.dumps({"question": "q2"}) + "\n")
+    cfg = _gsm8k_cfg(f, f)
+    with pytest.raises(UserError, match=r"d.jsonl:2: row has no field 'answer'"):
+        load_task(cfg.task, 0)
+
+
+def test_bad_json_line_named(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"question": "q1", "answer": "a #### 1"}) + "\n{oops\n")
+    cfg = _gsm8k_cfg(f, f)
+    with pytest.raises(UserError, match=r"d.jsonl:2: not valid JSON"):
+        load_task(cfg.task, 0)
+
+
+def test_gsm8k_answer_without_marker_named(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"question": "q1", "answer": "just 4"}) + "\n")
+    cfg = _gsm8k_cfg(f, f)
+    with pytest.raises(UserError, match=r"d.jsonl:1: answer has no '####"):
+        load_task(cfg.task, 0)
