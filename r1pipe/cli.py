@@ -23,10 +23,12 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES_HELP = "Hydra overrides: key=value, group=option, conf=EXPERIMENT|PATH.yaml"
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
     help="Train a reasoning model the DeepSeek-R1 way: cold-start SFT, reasoning RL (GRPO), "
-         "rejection-sampling SFT, RL for all scenarios. Every stage writes into one run "
-         "directory (run.dir=PATH). With no conf=, the tiny CPU default runs.",
+    "rejection-sampling SFT, RL for all scenarios. Every stage writes into one run "
+    "directory (run.dir=PATH). With no conf=, the tiny CPU default runs.",
 )
 
 
@@ -66,9 +68,12 @@ def _compose(overrides: list[str] | None):
     return compose(list(overrides or []))
 
 
-@app.command(context_settings=EXTRA, help="Run one stage: cold-start | rl-reasoning | "
-             "rejection-sft | rl-all. It reads its input from the run's manifest unless "
-             "model.path= is given.")
+@app.command(
+    context_settings=EXTRA,
+    help="Run one stage: cold-start | rl-reasoning | "
+    "rejection-sft | rl-all. It reads its input from the run's manifest unless "
+    "model.path= is given.",
+)
 def stage(
     name: str = typer.Argument(..., help="cold-start, rl-reasoning, rejection-sft or rl-all"),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
@@ -81,17 +86,20 @@ def stage(
     try:
         cfg, dcfg = _compose(overrides)
         if fn is None:
-            raise UserError(f"stage '{name}' is not built yet in this version of r1pipe "
-                            "(built: cold-start)")
+            raise UserError(
+                f"stage '{name}' is not built yet in this version of r1pipe (built: cold-start)"
+            )
         _quiet()
         fn(cfg, dcfg)
     except UserError as e:
         _fail(str(e))
 
 
-@app.command("run-all", context_settings=EXTRA,
-             help="Run the four stages in order, skipping completed ones and resuming "
-                  "interrupted ones.")
+@app.command(
+    "run-all",
+    context_settings=EXTRA,
+    help="Run the four stages in order, skipping completed ones and resuming interrupted ones.",
+)
 def run_all(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
         cfg, dcfg = _compose(overrides)
@@ -100,22 +108,28 @@ def run_all(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HE
         _quiet()
         for name, fn in STAGES.items():
             if fn is None:
-                raise UserError(f"run-all: stage '{name}' is not built yet in this version of "
-                                "r1pipe; the stages before it completed")
+                raise UserError(
+                    f"run-all: stage '{name}' is not built yet in this version of "
+                    "r1pipe; the stages before it completed"
+                )
             fn(cfg, dcfg)
     except UserError as e:
         _fail(str(e))
 
 
-@app.command("eval", context_settings=EXTRA,
-             help="Evaluate a checkpoint on benchmarks (pass@1, cons@k, pass@k) or score "
-                  "predictions=FILE.jsonl. Not built yet.")
+@app.command(
+    "eval",
+    context_settings=EXTRA,
+    help="Evaluate a checkpoint on benchmarks (pass@1, cons@k, pass@k) or score "
+    "predictions=FILE.jsonl. Not built yet.",
+)
 def eval_cmd(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     _fail("`r1pipe eval` is not built yet (each stage already writes STAGE/eval.json)")
 
 
-@app.command(context_settings=EXTRA,
-             help="Plots and an HTML summary of a run directory. Not built yet.")
+@app.command(
+    context_settings=EXTRA, help="Plots and an HTML summary of a run directory. Not built yet."
+)
 def report(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     _fail("`r1pipe report` is not built yet (metrics are in STAGE/metrics.jsonl)")
 

@@ -52,28 +52,50 @@ def score_completion(text: str, reference: str, task: TaskConfig) -> dict[str, A
     _, summary = split_think(text)
     return {
         "answer": extract_answer(summary, task.answer_format),
-        "correct": accuracy_reward(text, reference, verifier=task.verifier,
-                                   answer_format=task.answer_format, tolerance=task.tolerance),
+        "correct": accuracy_reward(
+            text,
+            reference,
+            verifier=task.verifier,
+            answer_format=task.answer_format,
+            tolerance=task.tolerance,
+        ),
         "format": format_reward(text, task.answer_format),
     }
 
 
-def evaluate(generator: Generator, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-             task: TaskConfig, cfg: EvalConfig, seed: int = 0
-             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def evaluate(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    seed: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate on ``examples``; return the summary and one record per completion."""
     t0 = time.perf_counter()
     prompts = [build_prompt(e.question, task, tokenizer) for e in examples]
-    params = SamplingParams(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, seed=seed)
+    params = SamplingParams(
+        n=cfg.num_samples,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+    )
     groups = generator.generate(prompts, params)
     records: list[dict[str, Any]] = []
     for ex, comps in zip(examples, groups, strict=True):
         for c in comps:
-            records.append({"id": ex.id, "question": ex.question, "reference": ex.reference,
-                            "completion": c.text, "finish_reason": c.finish_reason,
-                            "num_tokens": len(c.token_ids),
-                            **score_completion(c.text, ex.reference, task)})
+            records.append(
+                {
+                    "id": ex.id,
+                    "question": ex.question,
+                    "reference": ex.reference,
+                    "completion": c.text,
+                    "finish_reason": c.finish_reason,
+                    "num_tokens": len(c.token_ids),
+                    **score_completion(c.text, ex.reference, task),
+                }
+            )
     summary = summarize(records, cfg.num_samples)
     summary["seconds"] = time.perf_counter() - t0
     return summary, records
@@ -103,8 +125,11 @@ def summarize(records: list[dict[str, Any]], k: int) -> dict[str, float]:
             c = int(sum(r["correct"] for r in group))
             passk.append(pass_at_k(len(group), c, min(k, len(group))))
             maj = majority_answer([r["answer"] for r in group])
-            cons.append(next((r["correct"] for r in group if r["answer"] == maj), 0.0)
-                        if maj is not None else 0.0)
+            cons.append(
+                next((r["correct"] for r in group if r["answer"] == maj), 0.0)
+                if maj is not None
+                else 0.0
+            )
         summary[f"pass@{k}"] = sum(passk) / len(passk)
         summary[f"cons@{k}"] = sum(cons) / len(cons)
     return summary

@@ -60,14 +60,19 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     tok.add_special_tokens(specials)
     tok.add_tokens(TAG_TOKENS)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
-        model_max_length=4096, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+def build_tiny_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
+) -> PreTrainedModel:
     """A small Qwen2/Llama causal LM from the spec in ``cfg`` (random init from ``seed``)."""
     common = dict(
         vocab_size=len(tokenizer),
@@ -88,7 +93,8 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
     return model
@@ -130,13 +136,16 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     return tok
 
 
-def load_model(path: str | Path, cfg: ModelConfig, *, dtype: torch.dtype = torch.float32
-               ) -> PreTrainedModel:
+def load_model(
+    path: str | Path, cfg: ModelConfig, *, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
     """Load a causal LM from a local HF directory or a hub id, with one clear error."""
     _check_model_path(str(path))
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, attn_implementation=cfg.attn_implementation,
+            str(path),
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
         )
     except (OSError, ValueError, ImportError) as e:
@@ -150,8 +159,9 @@ def _check_model_path(path: str) -> None:
         if not p.is_dir():
             raise UserError(f"model.path={path}: no such directory")
         if not (p / "config.json").is_file():
-            raise UserError(f"model.path={path}: not a Hugging Face model directory "
-                            "(no config.json)")
+            raise UserError(
+                f"model.path={path}: not a Hugging Face model directory (no config.json)"
+            )
 
 
 def _first_line(e: Exception) -> str:

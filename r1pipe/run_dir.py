@@ -28,8 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 from r1pipe.errors import UserError
 
 STAGE_ORDER = ("cold-start", "rl-reasoning", "rejection-sft", "rl-all")
-PARENT_STAGE = {"rl-reasoning": "cold-start", "rejection-sft": "rl-reasoning",
-                "rl-all": "rejection-sft"}
+PARENT_STAGE = {
+    "rl-reasoning": "cold-start",
+    "rejection-sft": "rl-reasoning",
+    "rl-all": "rejection-sft",
+}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -103,12 +106,18 @@ class RunDir:
         atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
         return entry
 
-    def start_stage(self, stage: str, *, parent: str | None, config_hash: str,
-                    resumed_from: str | None = None) -> None:
+    def start_stage(
+        self, stage: str, *, parent: str | None, config_hash: str, resumed_from: str | None = None
+    ) -> None:
         entry = self.stage_entry(stage) or {}
         fields: dict[str, Any] = dict(
-            status="running", checkpoint=None, parent=parent, config_hash=config_hash,
-            start_time=_now(), end_time=None, error=None,
+            status="running",
+            checkpoint=None,
+            parent=parent,
+            config_hash=config_hash,
+            start_time=_now(),
+            end_time=None,
+            error=None,
         )
         if resumed_from:
             # Keep the original start time: the stage is one logical run.
@@ -117,8 +126,13 @@ class RunDir:
         self.update_stage(stage, **fields)
 
     def finish_stage(self, stage: str, *, checkpoint: Path, metrics: dict[str, Any]) -> None:
-        self.update_stage(stage, status="completed", checkpoint=self.rel(checkpoint),
-                          end_time=_now(), metrics=metrics)
+        self.update_stage(
+            stage,
+            status="completed",
+            checkpoint=self.rel(checkpoint),
+            end_time=_now(),
+            metrics=metrics,
+        )
 
     def fail_stage(self, stage: str, error: str) -> None:
         self.update_stage(stage, status="failed", end_time=_now(), error=error)

@@ -9,17 +9,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, env: dict | None = None, nproc: int = 1, timeout: int = 600
-        ) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict | None = None, nproc: int = 1, timeout: int = 600
+) -> subprocess.CompletedProcess:
     if nproc == 1:
         cmd = [sys.executable, "-m", "r1pipe", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), "-m", "r1pipe", *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"
-                if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "r1pipe",
+            *args,
+        ]
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _free_port() -> int:

@@ -121,8 +121,9 @@ def validate(cfg: DictConfig) -> tuple[R1Config, DictConfig]:
         OmegaConf.resolve(cfg)
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:
-        raise UserError(f"config error: '{e.full_key}' is required but not set "
-                        f"(pass {e.full_key}=...)") from None
+        raise UserError(
+            f"config error: '{e.full_key}' is required but not set (pass {e.full_key}=...)"
+        ) from None
     except ConfigError as e:
         raise UserError(f"config error: {e}") from None
     except OmegaConfBaseException as e:

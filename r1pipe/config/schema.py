@@ -77,10 +77,16 @@ class ModelConfig:
             ("sdpa", "eager", "flash_attention_2", "flash_attention_3"),
         )
         if self.path is None:
-            _check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
-                   "must be divisible by model.num_heads")
-            _check(self.num_heads % self.num_kv_heads == 0, "model.num_heads",
-                   "must be divisible by model.num_kv_heads")
+            _check(
+                self.hidden_size % self.num_heads == 0,
+                "model.hidden_size",
+                "must be divisible by model.num_heads",
+            )
+            _check(
+                self.num_heads % self.num_kv_heads == 0,
+                "model.num_heads",
+                "must be divisible by model.num_kv_heads",
+            )
         else:
             _check(bool(self.path.strip()), "model.path", "must be a directory or hub id")
 
@@ -176,9 +182,12 @@ class SFTConfig:
         _check(self.max_steps > 0 or self.epochs > 0, p + "max_steps", "or epochs must be > 0")
         _check(self.global_batch_size > 0, p + "global_batch_size", "must be > 0")
         _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
-        _check(self.global_batch_size % self.micro_batch_size == 0, p + "global_batch_size",
-               f"({self.global_batch_size}) must be a multiple of micro_batch_size "
-               f"({self.micro_batch_size})")
+        _check(
+            self.global_batch_size % self.micro_batch_size == 0,
+            p + "global_batch_size",
+            f"({self.global_batch_size}) must be a multiple of micro_batch_size "
+            f"({self.micro_batch_size})",
+        )
         _check(self.lr > 0, p + "lr", "must be > 0")
         _check(0 <= self.warmup_ratio < 1, p + "warmup_ratio", "must be in [0, 1)")
         _check(0 <= self.min_lr_ratio <= 1, p + "min_lr_ratio", "must be in [0, 1]")
@@ -210,8 +219,11 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         _one_of(self.backend, "generation.backend", ("hf", "vllm"))
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")
-        _check(0 < self.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization",
-               "must be in (0, 1]")
+        _check(
+            0 < self.gpu_memory_utilization <= 1,
+            "generation.gpu_memory_utilization",
+            "must be in (0, 1]",
+        )
 
 
 @dataclass
@@ -229,10 +241,16 @@ class DeepSpeedConfig:
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3")
         _one_of(str(self.bf16).lower(), "deepspeed.bf16", ("auto", "true", "false"))
-        _check(not self.offload_params or self.zero_stage == 3, "deepspeed.offload_params",
-               "needs zero_stage=3")
-        _check(not self.offload_optimizer or self.zero_stage >= 1, "deepspeed.offload_optimizer",
-               "needs zero_stage >= 1")
+        _check(
+            not self.offload_params or self.zero_stage == 3,
+            "deepspeed.offload_params",
+            "needs zero_stage=3",
+        )
+        _check(
+            not self.offload_optimizer or self.zero_stage >= 1,
+            "deepspeed.offload_optimizer",
+            "needs zero_stage >= 1",
+        )
 
 
 @dataclass
@@ -252,8 +270,11 @@ class EvalConfig:
         _check(self.temperature >= 0, "eval.temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
-        _check(not (self.num_samples > 1 and self.temperature == 0), "eval.num_samples",
-               "k > 1 samples need eval.temperature > 0 (greedy gives k copies)")
+        _check(
+            not (self.num_samples > 1 and self.temperature == 0),
+            "eval.num_samples",
+            "k > 1 samples need eval.temperature > 0 (greedy gives k copies)",
+        )
 
 
 @dataclass

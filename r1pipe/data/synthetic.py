@@ -45,9 +45,15 @@ def addition_response(operands: list[int], answer_format: str = "answer_tag") ->
     return f"<think>\n{addition_cot(operands)}\n</think>\n{'+'.join(map(str, operands))} = {final}"
 
 
-def addition_splits(*, num_digits: int, num_operands: int, train_size: int, eval_size: int,
-                    seed: int, answer_format: str = "answer_tag"
-                    ) -> tuple[list[Example], list[Example]]:
+def addition_splits(
+    *,
+    num_digits: int,
+    num_operands: int,
+    train_size: int,
+    eval_size: int,
+    seed: int,
+    answer_format: str = "answer_tag",
+) -> tuple[list[Example], list[Example]]:
     """Deterministic, disjoint (train, held-out) splits of the addition task.
 
     >>> train, held = addition_splits(num_digits=2, num_operands=2, train_size=5, eval_size=3,
@@ -63,8 +69,10 @@ def addition_splits(*, num_digits: int, num_operands: int, train_size: int, eval
         # every problem once; the train split is what is left after the held-out one.
         want = space
         if eval_size >= space:
-            raise ValueError(f"task.eval_size={eval_size} leaves no training problems "
-                             f"({space} distinct problems exist)")
+            raise ValueError(
+                f"task.eval_size={eval_size} leaves no training problems "
+                f"({space} distinct problems exist)"
+            )
     rng = random.Random(seed)
     seen: set[tuple[int, ...]] = set()
     problems: list[tuple[int, ...]] = []

@@ -26,8 +26,11 @@ def load_task(cfg: TaskConfig, seed: int) -> tuple[list[Example], list[Example]]
     if cfg.kind == "addition":
         try:
             return addition_splits(
-                num_digits=cfg.num_digits, num_operands=cfg.num_operands,
-                train_size=cfg.train_size, eval_size=cfg.eval_size, seed=seed,
+                num_digits=cfg.num_digits,
+                num_operands=cfg.num_operands,
+                train_size=cfg.train_size,
+                eval_size=cfg.eval_size,
+                seed=seed,
                 answer_format=cfg.answer_format,
             )
         except ValueError as e:
@@ -55,7 +58,9 @@ def _read_rows(path: Path, key: str) -> list[dict]:
                     except json.JSONDecodeError as je:
                         raise UserError(f"{path}:{lineno}: not valid JSON ({je.msg})") from None
                     if not isinstance(row, dict):
-                        raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+                        raise UserError(
+                            f"{path}:{lineno}: expected a JSON object per line"
+                        ) from None
         raise UserError(f"{key}={path}: cannot be read as JSON lines ({e})") from None
     return ds.to_list()
 
@@ -78,16 +83,24 @@ def load_jsonl_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example
         if cfg.solution_field:
             solution = _field(row, cfg.solution_field, where, "task.solution_field")
             response = r1_response(solution, reference, cfg)
-        examples.append(Example(id=str(row.get("id", row.get("unique_id", i))),
-                                question=question, reference=reference, response=response))
+        examples.append(
+            Example(
+                id=str(row.get("id", row.get("unique_id", i))),
+                question=question,
+                reference=reference,
+                response=response,
+            )
+        )
     return examples
 
 
 def _field(row: dict, name: str, where: str, key: str) -> str:
     value = row.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{where}: row has no field '{name}' ({key}); "
-                        f"fields present: {sorted(k for k, v in row.items() if v is not None)}")
+        raise UserError(
+            f"{where}: row has no field '{name}' ({key}); "
+            f"fields present: {sorted(k for k, v in row.items() if v is not None)}"
+        )
     return str(value)
 
 
@@ -109,6 +122,9 @@ def r1_response(solution: str, reference: str, cfg: TaskConfig) -> str:
     """Turn a worked solution into the R1 format: the solution as the chain of thought, then
     a short summary with the checkable answer."""
     reasoning = _CALC.sub("", solution.split("####")[0]).strip()
-    final = (f"<answer>{reference}</answer>" if cfg.answer_format == "answer_tag"
-             else f"\\boxed{{{reference}}}")
+    final = (
+        f"<answer>{reference}</answer>"
+        if cfg.answer_format == "answer_tag"
+        else f"\\boxed{{{reference}}}"
+    )
     return f"<think>\n{reasoning}\n</think>\nThe final answer is {final}."

@@ -18,8 +18,9 @@ class HFGenerator:
         batch_size: Prompts per ``generate`` call.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 batch_size: int = 256):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -37,28 +38,33 @@ class HFGenerator:
         out: list[list[Completion]] = [[] for _ in prompts]
         greedy = params.temperature == 0
         for start in range(0, len(flat), self.batch_size):
-            chunk = flat[start:start + self.batch_size]
+            chunk = flat[start : start + self.batch_size]
             enc = [tok(p, add_special_tokens=False)["input_ids"] for _, p in chunk]
             L = max(len(e) for e in enc)
             ids = torch.full((len(enc), L), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(enc), L), dtype=torch.long)
             for j, e in enumerate(enc):  # left padding: generation continues at the right edge
-                ids[j, L - len(e):] = torch.tensor(e)
-                mask[j, L - len(e):] = 1
+                ids[j, L - len(e) :] = torch.tensor(e)
+                mask[j, L - len(e) :] = 1
             gen_kwargs = dict(
-                max_new_tokens=params.max_new_tokens, do_sample=not greedy,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                return_dict_in_generate=True, output_scores=params.return_logprobs,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=not greedy,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                return_dict_in_generate=True,
+                output_scores=params.return_logprobs,
             )
             if not greedy:
-                gen_kwargs.update(temperature=params.temperature, top_p=params.top_p,
-                                  top_k=params.top_k or None)
+                gen_kwargs.update(
+                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+                )
             else:
                 gen_kwargs.update(temperature=None, top_p=None, top_k=None)
             if params.stop:
                 gen_kwargs.update(stop_strings=params.stop, tokenizer=tok)
-            res = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      **gen_kwargs)
+            res = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs
+            )
             new = res.sequences[:, L:].cpu()  # [b, T_new]
             lps = None
             if params.return_logprobs:
@@ -73,14 +79,20 @@ class HFGenerator:
                         n, reason = k + 1, "stop"  # keep EOS: it is a sampled token
                         break
                 token_ids = row[:n]
-                text = tok.decode([t for t in token_ids if t != tok.eos_token_id],
-                                  skip_special_tokens=False)
+                text = tok.decode(
+                    [t for t in token_ids if t != tok.eos_token_id], skip_special_tokens=False
+                )
                 if reason == "length" and params.stop and any(s in text for s in params.stop):
                     reason = "stop"
-                out[pi].append(Completion(
-                    prompt_index=pi, text=text, token_ids=token_ids,
-                    logprobs=lps[j, :n].tolist() if lps is not None else None,
-                    finish_reason=reason))
+                out[pi].append(
+                    Completion(
+                        prompt_index=pi,
+                        text=text,
+                        token_ids=token_ids,
+                        logprobs=lps[j, :n].tolist() if lps is not None else None,
+                        finish_reason=reason,
+                    )
+                )
         if was_training:
             self.model.train()
         return out

@@ -42,7 +42,7 @@ from r1pipe.data.tasks import load_task
 from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
-from r1pipe.models import load_model, load_tokenizer, resolve_dtype
+from r1pipe.models import load_model, load_tokenizer
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
@@ -68,7 +68,8 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise UserError(
                 f"task {cfg.task.name}: {len(missing)} train examples have no worked solution "
-                f"(first id {missing[0]}); cold-start needs task.solution_field")
+                f"(first id {missing[0]}); cold-start needs task.solution_field"
+            )
         metrics = run_sft(ctx, cfg.stage.cold_start, train)
         metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))
         finish_stage(ctx, metrics)
@@ -93,9 +94,9 @@ def sample_order(step: int, global_batch: int, n: int, seed: int) -> list[int]:
 def rank_micro_batches(batch: list[int], rank: int, world: int, micro: int) -> Iterator[list[int]]:
     """This rank's contiguous share of the global batch, cut into micro-batches."""
     per_rank = len(batch) // world
-    mine = batch[rank * per_rank:(rank + 1) * per_rank]
+    mine = batch[rank * per_rank : (rank + 1) * per_rank]
     for i in range(0, len(mine), micro):
-        yield mine[i:i + micro]
+        yield mine[i : i + micro]
 
 
 def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[str, Any]:
@@ -110,57 +111,96 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
     data: list[TokenizedSFT] = []
     for e in examples:
         assert e.response is not None
-        data.append(tokenize_sft(build_prompt(e.question, cfg.task, tokenizer), e.response,
-                                 tokenizer, sft.max_seq_len))
+        data.append(
+            tokenize_sft(
+                build_prompt(e.question, cfg.task, tokenizer),
+                e.response,
+                tokenizer,
+                sft.max_seq_len,
+            )
+        )
     n_truncated = sum(d.truncated for d in data)
     world = dist.world_size
     if sft.global_batch_size % (sft.micro_batch_size * world):
         raise UserError(
             f"config error: stage.{ctx.key}.global_batch_size={sft.global_batch_size} must be a "
-            f"multiple of micro_batch_size x world size = {sft.micro_batch_size} x {world}")
+            f"multiple of micro_batch_size x world size = {sft.micro_batch_size} x {world}"
+        )
     grad_accum = sft.global_batch_size // (sft.micro_batch_size * world)
-    total_steps = (sft.max_steps if sft.max_steps > 0
-                   else math.ceil(sft.epochs * len(data) / sft.global_batch_size))
+    total_steps = (
+        sft.max_steps
+        if sft.max_steps > 0
+        else math.ceil(sft.epochs * len(data) / sft.global_batch_size)
+    )
     warmup = int(sft.warmup_ratio * total_steps)
 
     model = load_model(ctx.start_model, cfg.model, dtype=torch.float32)
     engine = TrainEngine(
-        model, ds_cfg=cfg.deepspeed, dist=dist, lr=sft.lr, weight_decay=sft.weight_decay,
-        betas=(sft.adam_beta1, sft.adam_beta2), total_steps=total_steps, warmup_steps=warmup,
-        lr_scheduler=sft.lr_scheduler, min_lr_ratio=sft.min_lr_ratio,
-        micro_batch_size=sft.micro_batch_size, grad_accum=grad_accum,
-        max_grad_norm=sft.max_grad_norm, gradient_checkpointing=cfg.model.gradient_checkpointing)
+        model,
+        ds_cfg=cfg.deepspeed,
+        dist=dist,
+        lr=sft.lr,
+        weight_decay=sft.weight_decay,
+        betas=(sft.adam_beta1, sft.adam_beta2),
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        lr_scheduler=sft.lr_scheduler,
+        min_lr_ratio=sft.min_lr_ratio,
+        micro_batch_size=sft.micro_batch_size,
+        grad_accum=grad_accum,
+        max_grad_norm=sft.max_grad_norm,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     start_step = 0
     if ctx.resume_from is not None:
         state = engine.load_checkpoint(ctx.resume_from)
         start_step = int(state["step"])
-    log = MetricsLogger(ctx.stage_dir / "metrics.jsonl", enabled=dist.is_main,
-                        resume_step=start_step if ctx.resume_from else None)
-    ctx.log(f"SFT on {len(data)} examples ({n_truncated} truncated to {sft.max_seq_len} tokens), "
-            f"{total_steps} steps x {sft.global_batch_size} sequences, grad accum {grad_accum}, "
-            f"ZeRO-{cfg.deepspeed.zero_stage}, {'bf16' if engine.bf16 else 'fp32'}, "
-            f"packing {'on' if sft.packing else 'off'}")
+    log = MetricsLogger(
+        ctx.stage_dir / "metrics.jsonl",
+        enabled=dist.is_main,
+        resume_step=start_step if ctx.resume_from else None,
+    )
+    ctx.log(
+        f"SFT on {len(data)} examples ({n_truncated} truncated to {sft.max_seq_len} tokens), "
+        f"{total_steps} steps x {sft.global_batch_size} sequences, grad accum {grad_accum}, "
+        f"ZeRO-{cfg.deepspeed.zero_stage}, {'bf16' if engine.bf16 else 'fp32'}, "
+        f"packing {'on' if sft.packing else 'off'}"
+    )
 
-    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(
+        model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, n = sft_loss_sum(model, batch)
         return loss, {"loss_tokens": float(n)}
 
     attn = cfg.model.attn_implementation
     last: dict[str, Any] = {}
     window_tokens, window_t0 = 0.0, time.perf_counter()
-    progress = Progress(TextColumn("[cyan]cold-start"), BarColumn(), TextColumn("{task.completed}/"
-                        "{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), disable=not dist.is_main, transient=True)
+    progress = Progress(
+        TextColumn("[cyan]cold-start"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not dist.is_main,
+        transient=True,
+    )
     with progress:
         bar = progress.add_task("sft", total=total_steps, completed=start_step, info="")
         for step in range(start_step, total_steps):
             order = sample_order(step, sft.global_batch_size, len(data), cfg.run.seed)
             micro_idx = list(rank_micro_batches(order, dist.rank, world, sft.micro_batch_size))
-            batches = [collate([data[i] for i in mb], packing=sft.packing,
-                               pad_id=tokenizer.pad_token_id, attn_implementation=attn,
-                               pack_length=sft.pack_length or sft.max_seq_len)
-                       for mb in micro_idx]
+            batches = [
+                collate(
+                    [data[i] for i in mb],
+                    packing=sft.packing,
+                    pad_id=tokenizer.pad_token_id,
+                    attn_implementation=attn,
+                    pack_length=sft.pack_length or sft.max_seq_len,
+                )
+                for mb in micro_idx
+            ]
             local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
             local_input = sum(len(data[i].input_ids) for mb in micro_idx for i in mb)
             normalizer = all_reduce_sum(local_tokens, dist.device)
@@ -170,20 +210,29 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
             progress.update(bar, completed=done, info=f"loss {out['loss']:.4f}")
             if done % sft.log_every == 0 or done == total_steps:
                 dt = time.perf_counter() - window_t0
-                last = {"step": done, "loss": out["loss"], "grad_norm": out["grad_norm"],
-                        "lr": out["lr"], "loss_tokens": int(normalizer),
-                        "tokens_per_s": window_tokens / dt, "epoch": done *
-                        sft.global_batch_size / len(data), "elapsed_s": time.time() - ctx.t0}
+                last = {
+                    "step": done,
+                    "loss": out["loss"],
+                    "grad_norm": out["grad_norm"],
+                    "lr": out["lr"],
+                    "loss_tokens": int(normalizer),
+                    "tokens_per_s": window_tokens / dt,
+                    "epoch": done * sft.global_batch_size / len(data),
+                    "elapsed_s": time.time() - ctx.t0,
+                }
                 log.log(last)
                 window_tokens, window_t0 = 0.0, time.perf_counter()
             if sft.save_every and done % sft.save_every == 0 and done < total_steps:
-                engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done},
-                                       sft.keep_last)
+                engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
             _maybe_fault(done)
     engine.export_hf(ctx.final_dir, tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
-    return {"steps": total_steps, "train_loss": last.get("loss"),
-            "train_examples": len(data), "truncated_examples": n_truncated}
+    return {
+        "steps": total_steps,
+        "train_loss": last.get("loss"),
+        "train_examples": len(data),
+        "truncated_examples": n_truncated,
+    }
 
 
 def _maybe_fault(step: int) -> None:

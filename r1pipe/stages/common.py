@@ -108,21 +108,33 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
     if dist.is_main:
         entry = run_dir.stage_entry(name)
         ckpts = complete_checkpoints(stage_dir / "checkpoints")
-        if (cfg.run.resume and entry and entry.get("status") in ("running", "failed")
-                and entry.get("config_hash") == chash and ckpts):
+        if (
+            cfg.run.resume
+            and entry
+            and entry.get("status") in ("running", "failed")
+            and entry.get("config_hash") == chash
+            and ckpts
+        ):
             resume_from = ckpts[-1]
         elif stage_dir.exists():
             # A fresh start: nothing of an earlier attempt may leak into this one.
             shutil.rmtree(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         save_stage_config(stage_dir, dcfg)
-        run_dir.start_stage(name, parent=parent, config_hash=chash,
-                            resumed_from=run_dir.rel(resume_from) if resume_from else None)
+        run_dir.start_stage(
+            name,
+            parent=parent,
+            config_hash=chash,
+            resumed_from=run_dir.rel(resume_from) if resume_from else None,
+        )
     resume_from = broadcast_object(resume_from)
-    ctx = StageContext(name, key, cfg, dcfg, dist, run_dir, stage_dir, start_model, chash,
-                       resume_from, time.time())
-    ctx.log(f"run dir {run_dir.path}; starting from {parent}; world size {dist.world_size}"
-            + (f"; resuming from {resume_from.name}" if resume_from else ""))
+    ctx = StageContext(
+        name, key, cfg, dcfg, dist, run_dir, stage_dir, start_model, chash, resume_from, time.time()
+    )
+    ctx.log(
+        f"run dir {run_dir.path}; starting from {parent}; world size {dist.world_size}"
+        + (f"; resuming from {resume_from.name}" if resume_from else "")
+    )
     return ctx
 
 
@@ -152,7 +164,7 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
     model.to(ctx.dist.device)
-    shard = held_out[ctx.dist.rank::ctx.dist.world_size]
+    shard = held_out[ctx.dist.rank :: ctx.dist.world_size]
     gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size)
     _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)
     all_records = [r for part in all_gather_objects(records) for r in part]
@@ -174,8 +186,9 @@ def finish_stage(ctx: StageContext, metrics: dict[str, Any]) -> None:
     metrics = {**metrics, "wall_seconds": round(time.time() - ctx.t0, 1)}
     if ctx.dist.is_main:
         ctx.run_dir.finish_stage(ctx.name, checkpoint=ctx.final_dir, metrics=metrics)
-        shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in metrics.items())
+        shown = ", ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
         ctx.log(f"[green]completed[/]: {shown}")
     barrier()
 

@@ -38,8 +38,13 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -47,8 +52,9 @@ def init_distributed() -> DistInfo:
     else:
         device = torch.device("cpu")
     if not torch_dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
-                                   verbose=False)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False
+        )
     return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device)
 
 

@@ -29,8 +29,9 @@ from r1pipe.training.dist import DistInfo, barrier
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def lr_lambda(kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float
-              ) -> Callable[[int], float]:
+def lr_lambda(
+    kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float
+) -> Callable[[int], float]:
     """Linear warmup, then cosine/linear decay to ``min_lr_ratio`` (or constant).
 
     >>> f = lr_lambda("cosine", 10, 2, 0.1)
@@ -56,14 +57,22 @@ def use_bf16(ds_cfg: DeepSpeedConfig, device: torch.device) -> bool:
     return device.type == "cuda" if flag == "auto" else flag == "true"
 
 
-def deepspeed_config(ds_cfg: DeepSpeedConfig, *, micro_batch_size: int, grad_accum: int,
-                     world_size: int, max_grad_norm: float, bf16: bool,
-                     optimizer: dict[str, Any] | None) -> dict[str, Any]:
+def deepspeed_config(
+    ds_cfg: DeepSpeedConfig,
+    *,
+    micro_batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    max_grad_norm: float,
+    bf16: bool,
+    optimizer: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The DeepSpeed config dict for our settings."""
     zero: dict[str, Any] = {"stage": ds_cfg.zero_stage}
     if ds_cfg.zero_stage == 3:
-        zero.update(stage3_gather_16bit_weights_on_model_save=True,
-                    stage3_param_persistence_threshold=1e4)
+        zero.update(
+            stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4
+        )
     if ds_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds_cfg.offload_params:
@@ -108,11 +117,24 @@ class TrainEngine:
         gradient_checkpointing: Recompute activations in backward.
     """
 
-    def __init__(self, model: torch.nn.Module, *, ds_cfg: DeepSpeedConfig, dist: DistInfo,
-                 lr: float, weight_decay: float, betas: tuple[float, float],
-                 total_steps: int, warmup_steps: int, lr_scheduler: str, min_lr_ratio: float,
-                 micro_batch_size: int, grad_accum: int, max_grad_norm: float,
-                 gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        ds_cfg: DeepSpeedConfig,
+        dist: DistInfo,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        total_steps: int,
+        warmup_steps: int,
+        lr_scheduler: str,
+        min_lr_ratio: float,
+        micro_batch_size: int,
+        grad_accum: int,
+        max_grad_norm: float,
+        gradient_checkpointing: bool = False,
+    ):
         import deepspeed
 
         self.dist = dist
@@ -120,7 +142,8 @@ class TrainEngine:
         self.bf16 = use_bf16(ds_cfg, dist.device)
         if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.to(dist.device)
         # Offloaded optimizer states need DeepSpeed's CPU Adam, which DeepSpeed builds from
         # its config; otherwise torch's AdamW (works on CPU and GPU, no compiled op).
@@ -128,23 +151,39 @@ class TrainEngine:
         optimizer_cfg = None
         params = [p for p in model.parameters() if p.requires_grad]
         if ds_cfg.offload_optimizer:
-            optimizer_cfg = {"type": "AdamW", "params": {"lr": lr, "betas": list(betas),
-                                                         "weight_decay": weight_decay}}
+            optimizer_cfg = {
+                "type": "AdamW",
+                "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay},
+            }
         else:
-            optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                          foreach=dist.device.type == "cuda")
+            optimizer = torch.optim.AdamW(
+                params,
+                lr=lr,
+                betas=betas,
+                weight_decay=weight_decay,
+                foreach=dist.device.type == "cuda",
+            )
         self.ds_config = deepspeed_config(
-            ds_cfg, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
-            world_size=dist.world_size, max_grad_norm=max_grad_norm, bf16=self.bf16,
-            optimizer=optimizer_cfg)
+            ds_cfg,
+            micro_batch_size=micro_batch_size,
+            grad_accum=grad_accum,
+            world_size=dist.world_size,
+            max_grad_norm=max_grad_norm,
+            bf16=self.bf16,
+            optimizer=optimizer_cfg,
+        )
         schedule = lr_lambda(lr_scheduler, total_steps, warmup_steps, min_lr_ratio)
 
         def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
             return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=params if optimizer is None else None,
-            optimizer=optimizer, lr_scheduler=make_scheduler, config=self.ds_config)
+            model=model,
+            model_parameters=params if optimizer is None else None,
+            optimizer=optimizer,
+            lr_scheduler=make_scheduler,
+            config=self.ds_config,
+        )
 
     @property
     def _norm_untracked(self) -> bool:
@@ -154,8 +193,9 @@ class TrainEngine:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
-    def train_step(self, micro_batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn,
-                   normalizer: float) -> dict[str, float]:
+    def train_step(
+        self, micro_batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn, normalizer: float
+    ) -> dict[str, float]:
         """Forward/backward every micro-batch of this rank, then one optimizer step.
 
         Args:
@@ -200,8 +240,9 @@ class TrainEngine:
 
     # ---- checkpoints -------------------------------------------------------------------
 
-    def save_checkpoint(self, root: Path, step: int, client_state: dict[str, Any],
-                        keep_last: int) -> Path:
+    def save_checkpoint(
+        self, root: Path, step: int, client_state: dict[str, Any], keep_last: int
+    ) -> Path:
         """Save resumable state to ``root/step-N`` on every rank; mark it complete."""
         tag = f"step-{step}"
         self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
@@ -218,8 +259,11 @@ class TrainEngine:
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         """Restore engine, optimizer, scheduler and this rank's RNG; return the client state."""
         _, client_state = self.engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True,
-            load_lr_scheduler_states=True)
+            str(path.parent),
+            tag=path.name,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
         if client_state is None:
             raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
@@ -234,11 +278,17 @@ class TrainEngine:
         module = self.engine.module
         if self.engine.zero_optimization_stage() == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} \
-                    if self.dist.is_main else None
+                state = (
+                    {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                    if self.dist.is_main
+                    else None
+                )
         else:
-            state = {k: v.detach().cpu() for k, v in module.state_dict().items()} \
-                if self.dist.is_main else None
+            state = (
+                {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                if self.dist.is_main
+                else None
+            )
         if self.dist.is_main:
             assert state is not None
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,8 +306,11 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state

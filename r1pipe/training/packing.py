@@ -28,8 +28,9 @@ class TokenizedSFT:
     truncated: bool = False
 
 
-def tokenize_sft(prompt: str, response: str, tokenizer: PreTrainedTokenizerBase,
-                 max_len: int) -> TokenizedSFT:
+def tokenize_sft(
+    prompt: str, response: str, tokenizer: PreTrainedTokenizerBase, max_len: int
+) -> TokenizedSFT:
     """Tokenize prompt and response separately so that the mask boundary is exact.
 
     The response ends with the EOS token (the end of the assistant turn), which is trained on
@@ -62,8 +63,14 @@ def pack_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
     return [sorted(r) for r in rows]
 
 
-def collate(batch: list[TokenizedSFT], *, packing: bool, pad_id: int, pack_length: int = 0,
-            attn_implementation: str = "sdpa") -> dict[str, torch.Tensor]:
+def collate(
+    batch: list[TokenizedSFT],
+    *,
+    packing: bool,
+    pad_id: int,
+    pack_length: int = 0,
+    attn_implementation: str = "sdpa",
+) -> dict[str, torch.Tensor]:
     """Build model inputs and labels for one micro-batch.
 
     Packed: sequences are bin-packed into rows of at most ``pack_length`` tokens (at least the
@@ -87,18 +94,19 @@ def collate(batch: list[TokenizedSFT], *, packing: bool, pad_id: int, pack_lengt
             at = 0
             for j, i in enumerate(row):
                 ex, n = batch[i], lengths[i]
-                ids[r, at:at + n] = torch.tensor(ex.input_ids)
-                labels[r, at:at + n] = torch.tensor(
-                    [t if m else IGNORE for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)])
-                pos[r, at:at + n] = torch.arange(n)
-                seq[r, at:at + n] = j
+                ids[r, at : at + n] = torch.tensor(ex.input_ids)
+                labels[r, at : at + n] = torch.tensor(
+                    [t if m else IGNORE for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)]
+                )
+                pos[r, at : at + n] = torch.arange(n)
+                seq[r, at : at + n] = j
                 at += n
             pos[r, at:] = torch.arange(L - at)
         out = {"input_ids": ids, "labels": labels, "position_ids": pos}
         if not attn_implementation.startswith("flash"):
             causal = torch.ones(L, L, dtype=torch.bool).tril_()
             # Padding tokens attend to themselves only (a fully masked row would give NaN).
-            same = (seq[:, :, None] == seq[:, None, :])
+            same = seq[:, :, None] == seq[:, None, :]
             out["attention_mask"] = (causal & same)[:, None]  # [R, 1, L, L]
         return out
     L = max(len(ex.input_ids) for ex in batch)
@@ -108,15 +116,17 @@ def collate(batch: list[TokenizedSFT], *, packing: bool, pad_id: int, pack_lengt
     for i, ex in enumerate(batch):
         n = len(ex.input_ids)
         ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor([t if m else IGNORE
-                                      for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)])
+        labels[i, :n] = torch.tensor(
+            [t if m else IGNORE for t, m in zip(ex.input_ids, ex.loss_mask, strict=True)]
+        )
         attn[i, :n] = 1
     pos = (attn.cumsum(-1) - 1).clamp_(min=0)
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": attn}
 
 
-def sft_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]
-                 ) -> tuple[torch.Tensor, int]:
+def sft_loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over response tokens, and how many tokens it covers.
 
     Summing (not averaging) lets the engine divide by the token count of the whole global
@@ -127,8 +137,9 @@ def sft_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     logits = model(**inputs, use_cache=False).logits  # [B, T, V]
     shift_logits = logits[:, :-1].flatten(0, 1).float()
     shift_labels = labels[:, 1:].flatten()
-    loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE,
-                                             reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int((shift_labels != IGNORE).sum())
 
 

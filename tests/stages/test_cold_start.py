@@ -38,8 +38,9 @@ def test_checkpoint_loads_with_transformers_and_generates(smoke_run):
     path = smoke_run / "cold-start" / "checkpoint"
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "12+34=?"}],
-                                     add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "12+34=?"}], add_generation_prompt=True, tokenize=False
+    )
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids.shape[1]
@@ -78,8 +79,10 @@ def test_changed_config_starts_fresh(tmp_path):
 BAD_INPUT = [
     (["model.foo=1"], "unknown config key 'model.foo'"),
     (["stage.cold_start.lr=fast"], "invalid value for 'stage.cold_start.lr'"),
-    (["task=gsm8k", "task.train_file=/no/train.jsonl", "task.eval_file=/no/test.jsonl"],
-     "task.train_file=/no/train.jsonl: no such file"),
+    (
+        ["task=gsm8k", "task.train_file=/no/train.jsonl", "task.eval_file=/no/test.jsonl"],
+        "task.train_file=/no/train.jsonl: no such file",
+    ),
     (["model=hf"], "'model.path' is required"),
     (["model=hf", "model.path=/no/such/model"], "model.path=/no/such/model: no such directory"),
 ]
@@ -97,8 +100,15 @@ def test_bad_input_one_clear_message(tmp_path, overrides, needle):
 def test_data_row_without_field(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "q", "answer": "x #### 1"}\n{"question": "q2"}\n')
-    res = cli("stage", "cold-start", "conf=smoke", f"run.dir={tmp_path}/r", "task=gsm8k",
-              f"task.train_file={data}", f"task.eval_file={data}")
+    res = cli(
+        "stage",
+        "cold-start",
+        "conf=smoke",
+        f"run.dir={tmp_path}/r",
+        "task=gsm8k",
+        f"task.train_file={data}",
+        f"task.eval_file={data}",
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{data}:2: row has no field 'answer'" in res.stderr
     # a failure is recorded, not lost

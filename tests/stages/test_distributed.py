@@ -7,8 +7,14 @@ from transformers import AutoModelForCausalLM
 pytestmark = pytest.mark.slow
 
 # Same global batch (8 sequences) either way: 1 rank x 2 micro-batches of 4, or 2 ranks x 1.
-COMMON = ("stage", "cold-start", "conf=smoke", "stage.cold_start.global_batch_size=8",
-          "stage.cold_start.micro_batch_size=4", "stage.cold_start.save_every=0")
+COMMON = (
+    "stage",
+    "cold-start",
+    "conf=smoke",
+    "stage.cold_start.global_batch_size=8",
+    "stage.cold_start.micro_batch_size=4",
+    "stage.cold_start.save_every=0",
+)
 TOL = dict(rel=1e-5, abs=1e-6)
 
 

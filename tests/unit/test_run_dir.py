@@ -12,8 +12,9 @@ def test_manifest_lifecycle(tmp_path):
     rd.start_stage("cold-start", parent="base-model", config_hash="abc")
     e = rd.stage_entry("cold-start")
     assert e["status"] == "running" and e["parent"] == "base-model" and e["start_time"]
-    rd.finish_stage("cold-start", checkpoint=tmp_path / "cold-start" / "checkpoint",
-                    metrics={"pass@1": 0.5})
+    rd.finish_stage(
+        "cold-start", checkpoint=tmp_path / "cold-start" / "checkpoint", metrics={"pass@1": 0.5}
+    )
     data = json.loads((tmp_path / "manifest.json").read_text())
     e = data["stages"]["cold-start"]
     assert e["status"] == "completed"

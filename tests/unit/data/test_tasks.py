@@ -39,8 +39,9 @@ def test_synthetic_responses_pass_the_rewards():
 
 
 def test_small_space_keeps_every_problem_once():
-    train, held = addition_splits(num_digits=1, num_operands=2, train_size=1000, eval_size=10,
-                                  seed=0)
+    train, held = addition_splits(
+        num_digits=1, num_operands=2, train_size=1000, eval_size=10, seed=0
+    )
     assert len(train) + len(held) == 81
 
 
@@ -59,14 +60,16 @@ def test_gsm8k_jsonl_loader_real_sample():
     assert "<<" not in train[0].response  # calculator annotations stripped
     for e in train:
         assert format_reward(e.response, "boxed") == 1.0
-        assert accuracy_reward(e.response, e.reference, verifier="math",
-                               answer_format="boxed") == 1.0
+        assert (
+            accuracy_reward(e.response, e.reference, verifier="math", answer_format="boxed") == 1.0
+        )
 
 
 def test_math_jsonl_loader_real_sample():
     f = ASSETS / "math500_sample.jsonl"
-    cfg, _ = compose(["task=math", f"task.train_file={f}", f"task.eval_file={f}",
-                      "task.eval_size=10"])
+    cfg, _ = compose(
+        ["task=math", f"task.train_file={f}", f"task.eval_file={f}", "task.eval_size=10"]
+    )
     train, held = load_task(cfg.task, 0)
     assert len(train) == 50 and len(held) == 10
     assert held[0].id.startswith("test/")
@@ -80,8 +83,12 @@ def test_missing_file_named(tmp_path):
 
 def test_row_without_field_names_file_line_and_field(tmp_path):
     f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps({"question": "q1", "answer": "a #### 1"}) + "\n"
-                 + json.dumps({"question": "q2"}) + "\n")
+    f.write_text(
+        json.dumps({"question": "q1", "answer": "a #### 1"})
+        + "\n"
+        + json.dumps({"question": "q2"})
+        + "\n"
+    )
     cfg = _gsm8k_cfg(f, f)
     with pytest.raises(UserError, match=r"d.jsonl:2: row has no field 'answer'"):
         load_task(cfg.task, 0)

@@ -15,10 +15,21 @@ def test_lr_schedule_by_hand():
 
 
 def test_deepspeed_config_from_group():
-    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
-                         extra={"zero_optimization": {"reduce_bucket_size": 7}})
-    c = deepspeed_config(ds, micro_batch_size=4, grad_accum=2, world_size=2, max_grad_norm=1.0,
-                         bf16=True, optimizer={"type": "AdamW", "params": {"lr": 1e-5}})
+    ds = DeepSpeedConfig(
+        zero_stage=3,
+        offload_optimizer=True,
+        offload_params=True,
+        extra={"zero_optimization": {"reduce_bucket_size": 7}},
+    )
+    c = deepspeed_config(
+        ds,
+        micro_batch_size=4,
+        grad_accum=2,
+        world_size=2,
+        max_grad_norm=1.0,
+        bf16=True,
+        optimizer={"type": "AdamW", "params": {"lr": 1e-5}},
+    )
     assert c["train_batch_size"] == 16
     z = c["zero_optimization"]
     assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu"

@@ -23,9 +23,11 @@ def tiny():
 
 
 def _examples(tok):
-    pairs = [("P: 12+3=?\n", "<think>2+3=5</think><answer>15</answer>"),
-             ("P: 7+8=?\n", "<think>7+8=15, carry 1</think> so <answer>15</answer>"),
-             ("Q\n", "<think>x</think><answer>1</answer>")]
+    pairs = [
+        ("P: 12+3=?\n", "<think>2+3=5</think><answer>15</answer>"),
+        ("P: 7+8=?\n", "<think>7+8=15, carry 1</think> so <answer>15</answer>"),
+        ("Q\n", "<think>x</think><answer>1</answer>"),
+    ]
     return [tokenize_sft(p, r, tok, max_len=256) for p, r in pairs], pairs
 
 
@@ -88,8 +90,9 @@ def test_packed_gradients_equal_padded(tiny):
     grads = []
     for packing in (False, True):
         model.zero_grad()
-        loss, _ = sft_loss_sum(model, collate(data, packing=packing, pad_id=tok.pad_token_id,
-                                              pack_length=64))
+        loss, _ = sft_loss_sum(
+            model, collate(data, packing=packing, pad_id=tok.pad_token_id, pack_length=64)
+        )
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
