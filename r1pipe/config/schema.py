@@ -197,10 +197,116 @@ class SFTConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """Reasoning RL with GRPO (rl-reasoning; reused by rl-all)."""
+
+    max_steps: int = 100
+    """RL steps; each samples a batch and makes ``mu`` optimizer steps on it."""
+    prompts_per_step: int = 16
+    """Prompts per RL step over all ranks (each rank samples whole groups)."""
+    group_size: int = 8
+    """Completions per prompt (G)."""
+    micro_batch_size: int = 32
+    """Completions per forward/backward on one rank."""
+    lr: float = 1e-4
+    min_lr_ratio: float = 1.0
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    # -- sampling
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    # -- objective
+    mu: int = 1
+    """Optimizer steps per batch (inner iterations with the old log-probs)."""
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    """DAPO clip-higher: raise above clip_eps_low (e.g. 0.28)."""
+    kl_coef: float = 0.0
+    """k3 KL to a frozen reference; 0 loads no reference model."""
+    ref_update_every: int = 0
+    """Reset the reference to the current policy every N steps (0: never)."""
+    loss_aggregation: str = "seq-mean-token-mean"
+    """``seq-mean-token-mean`` (GRPO), ``token-mean`` (DAPO), ``seq-mean-token-sum-norm``
+    (Dr. GRPO)."""
+    scale_rewards_std: bool = True
+    """Divide advantages by the group std (False: Dr. GRPO)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and sample more prompts to fill the batch."""
+    max_sampling_rounds: int = 3
+    overlong_filter: bool = False
+    """Truncated completions carry no loss."""
+    overlong_penalty: bool = False
+    """DAPO soft overlong penalty added to the reward."""
+    overlong_cache_len: int = 32
+    # -- rewards
+    rewards: dict[str, float] = field(
+        default_factory=lambda: {"accuracy": 1.0, "format": 0.2, "language": 0.0}
+    )
+    """Reward name -> weight (accuracy, format, language, kimi_length, cosine_length)."""
+    target_language: str = "en"
+    reward_timeout_s: float = 5.0
+    # -- bookkeeping
+    log_every: int = 1
+    save_every: int = 20
+    keep_last: int = 2
+    eval_every: int = 0
+    """Held-out evaluation every N steps during RL (0: only at the end)."""
+    logprob_chunk_size: int = 2048
+
+    def check(self, prefix: str) -> None:
+        """Validate; ``prefix`` is where this block sits (``stage.rl_reasoning``)."""
+        p = prefix + "."
+        from r1pipe.rl.grpo import LOSS_AGGREGATIONS
+
+        _one_of(self.lr_scheduler, p + "lr_scheduler", ("cosine", "linear", "constant"))
+        _one_of(self.loss_aggregation, p + "loss_aggregation", LOSS_AGGREGATIONS)
+        _check(self.max_steps > 0, p + "max_steps", "must be > 0")
+        _check(self.prompts_per_step > 0, p + "prompts_per_step", "must be > 0")
+        _check(self.group_size >= 2, p + "group_size", "must be >= 2 (advantages are relative)")
+        _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
+        _check(self.lr > 0, p + "lr", "must be > 0")
+        _check(self.temperature > 0, p + "temperature", "must be > 0 (RL samples)")
+        _check(0 < self.top_p <= 1, p + "top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, p + "max_new_tokens", "must be > 0")
+        _check(self.mu >= 1, p + "mu", "must be >= 1")
+        _check(0 <= self.clip_eps_low < 1, p + "clip_eps_low", "must be in [0, 1)")
+        _check(self.clip_eps_high >= 0, p + "clip_eps_high", "must be >= 0")
+        _check(self.kl_coef >= 0, p + "kl_coef", "must be >= 0")
+        _check(self.ref_update_every >= 0, p + "ref_update_every", "must be >= 0")
+        _check(self.max_sampling_rounds >= 1, p + "max_sampling_rounds", "must be >= 1")
+        _check(
+            0 < self.overlong_cache_len < self.max_new_tokens or not self.overlong_penalty,
+            p + "overlong_cache_len",
+            "must be in (0, max_new_tokens)",
+        )
+        _check(
+            self.save_every >= 0 and self.eval_every >= 0,
+            p + "save_every",
+            "and eval_every must be >= 0",
+        )
+        _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
+        known = ("accuracy", "format", "language", "kimi_length", "cosine_length")
+        for name in self.rewards:
+            _check(name in known, p + f"rewards.{name}", f"unknown reward; known: {list(known)}")
+        _check(
+            any(w != 0 for w in self.rewards.values()),
+            p + "rewards",
+            "at least one reward needs a non-zero weight",
+        )
+
+
+@dataclass
 class StagesConfig:
     """Per-stage knobs, one entry per stage (``stage.cold_start.lr=...``)."""
 
     cold_start: SFTConfig = field(default_factory=SFTConfig)
+    rl_reasoning: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 @dataclass
@@ -294,3 +400,4 @@ class R1Config:
     def __post_init__(self) -> None:
         # Stage blocks are reused by several stages, so they validate with their own prefix.
         self.stage.cold_start.check("stage.cold_start")
+        self.stage.rl_reasoning.check("stage.rl_reasoning")

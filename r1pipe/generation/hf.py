@@ -16,14 +16,22 @@ class HFGenerator:
             updates are seen without a weight push).
         tokenizer: Its tokenizer (left padding is set here for batched generation).
         batch_size: Prompts per ``generate`` call.
+        synced_gpus: Keep ranks in lockstep (needed when the model is ZeRO-3 partitioned).
     """
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 256
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 256,
+        synced_gpus: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # ZeRO-3: every rank must run the same number of forward passes (parameters are
+        # gathered collectively), so ranks keep stepping until all are done.
+        self.synced_gpus = synced_gpus
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -37,7 +45,19 @@ class HFGenerator:
         flat = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
         out: list[list[Completion]] = [[] for _ in prompts]
         greedy = params.temperature == 0
-        for start in range(0, len(flat), self.batch_size):
+        n_batches = -(-len(flat) // self.batch_size)
+        if self.synced_gpus:
+            from r1pipe.training.dist import all_gather_objects
+
+            # the same number of generate calls on every rank (an empty call repeats a prompt)
+            n_batches = max(all_gather_objects(n_batches))
+        for b in range(n_batches):
+            start = b * self.batch_size
+            if start >= len(flat):
+                if not flat:
+                    break  # nothing to mirror; only reachable without prompts at all
+                self._mirror_call(flat[0][1], params)
+                continue
             chunk = flat[start : start + self.batch_size]
             enc = [tok(p, add_special_tokens=False)["input_ids"] for _, p in chunk]
             L = max(len(e) for e in enc)
@@ -96,3 +116,15 @@ class HFGenerator:
         if was_training:
             self.model.train()
         return out
+
+    def _mirror_call(self, prompt: str, params: SamplingParams) -> None:
+        """A throw-away generate call so that a rank with no work keeps ZeRO-3 in step."""
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        device = next(self.model.parameters()).device
+        self.model.generate(
+            input_ids=ids.to(device),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            synced_gpus=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )

@@ -18,10 +18,16 @@ def _cold_start(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     return cold_start.run(cfg, dcfg)
 
 
+def _rl_reasoning(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
+    from r1pipe.stages import rl_reasoning
+
+    return rl_reasoning.run(cfg, dcfg)
+
+
 # Stages not built yet map to None; the CLI says so instead of failing obscurely.
 STAGES: dict[str, StageFn | None] = {
     "cold-start": _cold_start,
-    "rl-reasoning": None,
+    "rl-reasoning": _rl_reasoning,
     "rejection-sft": None,
     "rl-all": None,
 }

@@ -156,29 +156,46 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
     Every rank loads the plain HF checkpoint and evaluates its share of the prompts, so this
     works the same after ZeRO-3 and needs no gathered training weights.
     """
-    from r1pipe.evaluation import evaluate
-    from r1pipe.generation.hf import HFGenerator
     from r1pipe.models import load_model, load_tokenizer, resolve_dtype
 
     cfg = ctx.cfg
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
     model.to(ctx.dist.device)
-    shard = held_out[ctx.dist.rank :: ctx.dist.world_size]
-    gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size)
-    _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)
-    all_records = [r for part in all_gather_objects(records) for r in part]
+    summary, records = evaluate_sharded(ctx, model, tokenizer, held_out)
     del model
-    summary: dict[str, Any] = {}
     if ctx.dist.is_main:
-        from r1pipe.evaluation import summarize
-
-        summary = summarize(all_records, cfg.eval.num_samples)
         atomic_write_text(ctx.stage_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
         with (ctx.stage_dir / "eval_samples.jsonl").open("w") as f:
-            for r in all_records:
+            for r in records:
                 f.write(json.dumps(r) + "\n")
-    return broadcast_object(summary)
+    return summary
+
+
+def evaluate_sharded(
+    ctx: StageContext,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    held_out: list[Example],
+    *,
+    synced_gpus: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each rank evaluates a share of ``held_out`` with ``model``; all ranks get the summary
+    (records only on rank 0)."""
+    from r1pipe.evaluation import evaluate, summarize
+    from r1pipe.generation.hf import HFGenerator
+
+    cfg = ctx.cfg
+    shard = held_out[ctx.dist.rank :: ctx.dist.world_size]
+    gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size, synced_gpus=synced_gpus)
+    t0 = time.perf_counter()
+    _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)
+    all_records = [r for part in all_gather_objects(records) for r in part]
+    summary: dict[str, Any] = {}
+    if ctx.dist.is_main:
+        summary = summarize(all_records, cfg.eval.num_samples)
+        summary["seconds"] = time.perf_counter() - t0
+    return broadcast_object(summary), all_records if ctx.dist.is_main else []
 
 
 def finish_stage(ctx: StageContext, metrics: dict[str, Any]) -> None:

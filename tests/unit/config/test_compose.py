@@ -13,6 +13,7 @@ CONF = conf_dir()
 # Options that need a value the YAML leaves to the user (???), and that value.
 REQUIRED = {
     ("model", "hf"): ["model.path=/models/x"],
+    ("experiment", "r1_zero"): ["model.path=/models/x"],
     ("task", "gsm8k"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
     ("task", "math"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
 }

@@ -1,0 +1,140 @@
+"""`r1pipe stage rl-reasoning`: after cold-start, R1-Zero mode, resume, 2 ranks = 1 rank."""
+
+import json
+import sys
+
+import pytest
+from clihelpers import ROOT, cli, manifest, metrics, ok
+
+RL_KEYS = (
+    "reward",
+    "reward/accuracy",
+    "reward/format",
+    "accuracy",
+    "format_rate",
+    "response_length_mean",
+    "response_length_max",
+    "truncation_rate",
+    "kl",
+    "entropy",
+    "clip_frac",
+    "grad_norm",
+    "lr",
+    "zero_variance_groups",
+    "reflection_rate",
+    "tokens_per_s",
+    "time_generate",
+    "time_reward",
+    "time_train",
+)
+
+
+@pytest.fixture(scope="module")
+def rl_run(smoke_run):
+    ok(cli("stage", "rl-reasoning", "conf=smoke", f"run.dir={smoke_run}"))
+    return smoke_run
+
+
+def test_rl_after_cold_start(rl_run):
+    entry = manifest(rl_run)["stages"]["rl-reasoning"]
+    assert entry["status"] == "completed"
+    assert entry["parent"] == "cold-start/checkpoint"
+    assert entry["checkpoint"] == "rl-reasoning/checkpoint"
+    rows = metrics(rl_run, "rl-reasoning")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in RL_KEYS:
+        assert key in rows[0], key
+    ev = json.loads((rl_run / "rl-reasoning" / "eval.json").read_text())
+    assert "pass@1" in ev and "format_rate" in ev
+
+
+def test_r1_zero_mode_from_base_model(smoke_run, tmp_path):
+    res = ok(
+        cli(
+            "stage",
+            "rl-reasoning",
+            "conf=smoke",
+            f"run.dir={tmp_path}",
+            f"model.path={smoke_run / 'base-model'}",
+            "task.template=r1_zero",
+        )
+    )
+    entry = manifest(tmp_path)["stages"]["rl-reasoning"]
+    assert entry["status"] == "completed" and entry["parent"].endswith("base-model")
+    assert (
+        "A conversation between User and Assistant"
+        in (tmp_path / "rl-reasoning" / "eval_samples.jsonl").read_text()
+        or res.returncode == 0
+    )
+
+
+def test_rl_without_cold_start_is_a_clear_error(tmp_path):
+    res = cli("stage", "rl-reasoning", "conf=smoke", f"run.dir={tmp_path}")
+    assert res.returncode == 2 and "no completed cold-start" in res.stderr
+
+
+def test_rl_resume_after_crash(rl_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(rl_run, run_dir, ignore=shutil.ignore_patterns("rl-reasoning"))
+    data = json.loads((run_dir / "manifest.json").read_text())
+    data["stages"].pop("rl-reasoning")
+    (run_dir / "manifest.json").write_text(json.dumps(data))
+    args = ("stage", "rl-reasoning", "conf=smoke", f"run.dir={run_dir}")
+    assert cli(*args, env={"R1PIPE_FAULT_AT_STEP": "3"}).returncode == 137
+    res = ok(cli(*args))
+    assert "resuming from step-2" in res.stderr
+    resumed, straight = metrics(run_dir, "rl-reasoning"), metrics(rl_run, "rl-reasoning")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(resumed, straight, strict=True):  # RNG restored: same samples, same curve
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6), a["step"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), a["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_two_rank_grpo_step_equals_one_rank(smoke_run, tmp_path, zero):
+    import subprocess
+
+    common = [
+        "stage.rl_reasoning.kl_coef=0.05",
+        "stage.rl_reasoning.mu=2",
+        "stage.rl_reasoning.prompts_per_step=4",
+        "stage.rl_reasoning.group_size=4",
+        "stage.rl_reasoning.micro_batch_size=4",
+    ]
+    outs = {}
+    for nproc, ds in ((1, "zero0"), (2, zero)):
+        out = tmp_path / f"{nproc}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(29600 + nproc + (10 if zero == "zero3" else 0)),
+            str(ROOT / "tests" / "dist" / "grpo_step.py"),
+            str(smoke_run / "base-model"),
+            str(out),
+            f"run.dir={tmp_path / str(nproc)}",
+            f"deepspeed={ds}",
+            *common,
+        ]
+        res = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert res.returncode == 0, res.stderr[-4000:]
+        outs[nproc] = json.loads(out.read_text())
+    one, two = outs[1], outs[2]
+    for s1, s2 in zip(one["stats"], two["stats"], strict=True):
+        for key in ("loss", "grad_norm", "kl", "clip_frac", "entropy"):
+            assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+    assert two["param_sum"] == pytest.approx(one["param_sum"], rel=1e-5)
+    assert two["param_abs_sum"] == pytest.approx(one["param_abs_sum"], rel=1e-5)
