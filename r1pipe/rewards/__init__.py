@@ -8,7 +8,14 @@ Example:
 """
 
 from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, math_equal, parse_number
+from r1pipe.rewards.combine import BUILTIN_REWARDS, RewardResult, compute_rewards
 from r1pipe.rewards.format import format_reward
+from r1pipe.rewards.language import (
+    LANGUAGE_SCRIPTS,
+    language_consistency_reward,
+    mixed_language,
+)
+from r1pipe.rewards.length import cosine_length_reward, kimi_length_rewards
 from r1pipe.rewards.parsing import (
     ANSWER_FORMATS,
     extract_answer,
@@ -19,13 +26,21 @@ from r1pipe.rewards.parsing import (
 
 __all__ = [
     "ANSWER_FORMATS",
+    "BUILTIN_REWARDS",
+    "LANGUAGE_SCRIPTS",
     "VERIFIERS",
+    "RewardResult",
     "accuracy_reward",
+    "compute_rewards",
+    "cosine_length_reward",
     "extract_answer",
     "extract_boxed",
     "extract_gsm8k_reference",
     "format_reward",
+    "kimi_length_rewards",
+    "language_consistency_reward",
     "math_equal",
+    "mixed_language",
     "parse_number",
     "split_think",
 ]

@@ -1,0 +1,397 @@
+"""Combine the rule rewards into one scalar per completion, safely, for the RL trainer.
+
+:func:`compute_rewards` computes every reward with a non-zero weight, keeps each reward's raw
+values for logging, and returns their weighted sum. A reward that raises or runs past
+``timeout_s`` on one sample scores 0 for that sample and is counted in
+:attr:`RewardResult.failures`: one malformed completion (or a sympy expression that never
+finishes simplifying) must not take down or stall a training step.
+
+How the protection is applied, and why not uniformly:
+
+* ``"math"`` accuracy (math_verify/sympy) and user ``extra`` functions can take unbounded
+  time, so each sample runs as its own task on a shared thread pool and is abandoned after
+  ``timeout_s`` of wall-clock time (measured from when the task starts running, so queueing
+  does not count). A thread cannot be killed: an abandoned task keeps running in the
+  background and its result is discarded. Its pool thread is busy meanwhile, so the pool is
+  replaced by a fresh one once abandoned tasks occupy all of its workers. The interpreter waits
+  for running pool threads at exit, so a task that never finishes delays exit; a hard bound
+  needs a process pool.
+* The other built-ins (``"exact"``/``"numeric"`` accuracy, format, language, the length
+  rewards) are linear-time string or arithmetic work, so they are called directly under
+  ``try/except``. A future per sample would cost more than the work itself (thousands of
+  completions per step must score well under a second), while a single future for the whole
+  batch would let one slow sample zero the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward
+from r1pipe.rewards.format import format_reward
+from r1pipe.rewards.language import LANGUAGE_SCRIPTS, language_consistency_reward
+from r1pipe.rewards.length import cosine_length_reward, kimi_length_rewards
+from r1pipe.rewards.parsing import ANSWER_FORMATS
+
+__all__ = ["BUILTIN_REWARDS", "RewardResult", "compute_rewards"]
+
+#: Reward names that :func:`compute_rewards` knows without ``extra``.
+BUILTIN_REWARDS = ("accuracy", "format", "language", "kimi_length", "cosine_length")
+
+# Enough for I/O-bound extra rewards (e.g. a remote judge) to overlap, few enough that a burst
+# of abandoned tasks does not leave dozens of threads behind.
+_MAX_WORKERS = 8
+
+
+@dataclass
+class RewardResult:
+    """The rewards of a batch of completions.
+
+    Attributes:
+        total: Weighted sum of the enabled rewards, one per completion.
+        per_reward: Each enabled reward's raw (unweighted) value per completion, in the order
+            of ``weights``; logged separately so a collapsing reward is visible.
+        failures: Reward name -> number of samples on which it raised or timed out (those
+            samples score 0). Has an entry, possibly 0, for every computed reward, including
+            ``"accuracy"`` when only the length rewards needed it.
+    """
+
+    total: list[float]
+    per_reward: dict[str, list[float]]
+    failures: dict[str, int]
+
+
+class _SharedPool:
+    """The process-wide executor plus the tasks abandoned on it after a timeout."""
+
+    def __init__(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._abandoned: list[Future[Any]] = []
+
+    def acquire(self) -> tuple[ThreadPoolExecutor, int]:
+        """Return the executor and how many of its workers are free of abandoned tasks."""
+        with self._lock:
+            self._abandoned = [future for future in self._abandoned if not future.done()]
+            if self._executor is None or len(self._abandoned) >= self._max_workers:
+                if self._executor is not None:
+                    # Its threads finish their abandoned tasks in the background and then exit.
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="r1pipe-reward"
+                )
+                self._abandoned = []
+            return self._executor, self._max_workers - len(self._abandoned)
+
+    def abandon(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._abandoned.append(future)
+
+
+_POOL = _SharedPool(_MAX_WORKERS)
+
+
+def _as_reward(value: Any) -> float:
+    # A NaN/inf from one sample would poison the weighted sum and the group's advantages, so it
+    # is a failure like an exception.
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"reward is not finite: {result!r}")
+    return result
+
+
+def _run_direct(
+    fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]
+) -> tuple[list[float], int]:
+    values = []
+    failures = 0
+    for args in calls:
+        try:
+            values.append(_as_reward(fn(*args)))
+        except Exception:
+            values.append(0.0)
+            failures += 1
+    return values, failures
+
+
+def _started_call(fn: Callable[..., Any], args: tuple[Any, ...], started: list, i: int) -> Any:
+    started[i] = time.monotonic()
+    return fn(*args)
+
+
+def _run_protected(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[Any, ...]],
+    timeout_s: float,
+    max_in_flight: int,
+) -> tuple[list[float], int]:
+    """Run ``fn(*args)`` per sample on the shared pool, each bounded by ``timeout_s``."""
+    n = len(calls)
+    values = [0.0] * n
+    failures = 0
+    if n == 0:
+        return values, failures
+    started: list[float | None] = [None] * n
+    in_flight: dict[Future[Any], tuple[int, float]] = {}  # future -> (index, submitted at)
+
+    def deadline(item: tuple[int, float]) -> float:
+        i, submitted = item
+        start = started[i]
+        # Before it starts, a task is bounded by the same budget for getting a worker (only
+        # relevant when concurrent callers share the pool and overcommit it).
+        return (submitted if start is None else start) + timeout_s
+
+    executor, free = _POOL.acquire()
+    # Never more tasks in flight than free workers, so a submitted task starts at once and
+    # cannot sit in the queue behind an abandoned one.
+    window = min(max_in_flight, free)
+    next_i = 0
+    while next_i < n or in_flight:
+        if window <= 0:
+            # Every worker we were given is stuck on an abandoned task (and in_flight is empty,
+            # since each abandon shrinks both): get free workers, or a fresh pool.
+            executor, free = _POOL.acquire()
+            window = min(max_in_flight, free)
+        while next_i < n and len(in_flight) < window:
+            future = executor.submit(_started_call, fn, calls[next_i], started, next_i)
+            in_flight[future] = (next_i, time.monotonic())
+            next_i += 1
+
+        soonest = min(deadline(item) for item in in_flight.values())
+        done, _ = wait(
+            in_flight, timeout=max(0.0, soonest - time.monotonic()), return_when=FIRST_COMPLETED
+        )
+        for future in done:
+            i, _ = in_flight.pop(future)
+            if future.cancelled() or future.exception() is not None:
+                failures += 1
+                continue
+            try:
+                values[i] = _as_reward(future.result())
+            except Exception:
+                failures += 1
+        now = time.monotonic()
+        for future, item in list(in_flight.items()):
+            if future.done() or now < deadline(item):
+                continue  # collected (or checked again) on the next pass
+            if started[item[0]] is None:
+                if future.cancel():  # never got a worker: drop it from the queue
+                    del in_flight[future]
+                    failures += 1
+                continue  # started just now: it gets its full budget from its start time
+            del in_flight[future]
+            failures += 1
+            _POOL.abandon(future)
+            window -= 1
+    return values, failures
+
+
+def _check_config(
+    n: int,
+    references: list[str],
+    lengths: list[int],
+    weights: dict[str, float],
+    enabled: dict[str, float],
+    extra: dict[str, Callable[[str, str], float]],
+    *,
+    group_size: int,
+    task_verifier: str,
+    answer_format: str,
+    target_language: str,
+    max_len: int,
+    timeout_s: float,
+) -> None:
+    # Configuration errors raise instead of being scored 0 per sample: a typo in a config must
+    # not look like a policy that learns nothing.
+    clashes = sorted(set(extra) & set(BUILTIN_REWARDS))
+    if clashes:
+        raise ValueError(f"extra rewards {clashes} clash with built-in reward names")
+    valid = [*BUILTIN_REWARDS, *extra]
+    # All names, weight 0 included: a misspelt name is a typo even while it is switched off.
+    unknown = [name for name in weights if name not in valid]
+    if unknown:
+        raise ValueError(f"unknown reward names {unknown}; valid names are {valid}")
+    bad_weights = {name: w for name, w in enabled.items() if not math.isfinite(w)}
+    if bad_weights:
+        raise ValueError(f"reward weights must be finite, got {bad_weights}")
+    if len(references) != n or len(lengths) != n:
+        raise ValueError(
+            f"got {n} completions, {len(references)} references and {len(lengths)} lengths"
+        )
+    if task_verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {task_verifier!r}; expected one of {VERIFIERS}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(
+            f"unknown answer_format {answer_format!r}; expected one of {ANSWER_FORMATS}"
+        )
+    if target_language not in LANGUAGE_SCRIPTS:
+        raise ValueError(
+            f"unknown target_language {target_language!r}; "
+            f"expected one of {sorted(LANGUAGE_SCRIPTS)}"
+        )
+    if not timeout_s > 0:  # also rejects NaN
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    if operator.index(group_size) < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if "kimi_length" in enabled and n % group_size:
+        raise ValueError(f"{n} completions do not split into groups of {group_size}")
+    if "cosine_length" in enabled and operator.index(max_len) <= 0:
+        raise ValueError(f"cosine_length needs max_len > 0, got {max_len}")
+    if "kimi_length" in enabled or "cosine_length" in enabled:
+        # The length rewards are then called without protection, so bad lengths fail here.
+        for length in lengths:
+            if operator.index(length) < 0:
+                raise ValueError(f"lengths must be >= 0, got {length}")
+
+
+def compute_rewards(
+    completions: list[str],
+    references: list[str],
+    weights: dict[str, float],
+    *,
+    group_size: int,
+    lengths: list[int],
+    task_verifier: str,
+    answer_format: str,
+    tolerance: float = 1e-6,
+    target_language: str = "en",
+    max_len: int = 0,
+    timeout_s: float = 5.0,
+    extra: dict[str, Callable[[str, str], float]] | None = None,
+) -> RewardResult:
+    """Compute the weighted rewards of a batch of completions, never raising on bad samples.
+
+    Built-in rewards (by name in ``weights``):
+
+    * ``"accuracy"``: :func:`~r1pipe.rewards.accuracy.accuracy_reward` with ``task_verifier``,
+      ``answer_format`` and ``tolerance``;
+    * ``"format"``: :func:`~r1pipe.rewards.format.format_reward` with ``answer_format``;
+    * ``"language"``: :func:`~r1pipe.rewards.language.language_consistency_reward`;
+    * ``"kimi_length"``: :func:`~r1pipe.rewards.length.kimi_length_rewards` per group, a group
+      being each contiguous run of ``group_size`` completions, correct meaning accuracy > 0;
+    * ``"cosine_length"``: :func:`~r1pipe.rewards.length.cosine_length_reward` with
+      ``max_len``, correct meaning accuracy > 0.
+
+    Only rewards with a non-zero weight are computed. Accuracy is also computed (and its
+    failures counted) when only a length reward needs it.
+
+    Args:
+        completions: The generated texts, ``group_size`` consecutive ones per prompt.
+        references: The reference answer of each completion's prompt.
+        weights: Reward name -> weight; a built-in name or a key of ``extra``.
+        group_size: Completions per prompt (>= 1).
+        lengths: Length of each completion (e.g. in tokens), used by the length rewards.
+        task_verifier: Accuracy verifier: ``"exact"``, ``"numeric"`` or ``"math"``.
+        answer_format: ``"answer_tag"``, ``"boxed"`` or ``"auto"``.
+        tolerance: Relative tolerance of the numeric verifier.
+        target_language: Language code of the language reward.
+        max_len: End of the cosine length schedule; required (> 0) for ``"cosine_length"``.
+        timeout_s: Wall-clock budget per sample of the ``"math"`` verifier and of each extra
+            reward; a sample over budget scores 0 and counts as a failure.
+        extra: Additional per-sample rewards ``fn(completion, reference) -> float`` by name,
+            weighted by ``weights[name]``. They may raise or hang; their values must be finite.
+
+    Returns:
+        A :class:`RewardResult`.
+
+    Raises:
+        ValueError: On configuration errors: an unknown reward name (the message lists the
+            valid ones), an extra name clashing with a built-in, non-finite weights, lists of
+            different lengths, an unknown verifier/answer format/language, a batch that does
+            not split into groups, ``max_len <= 0`` with ``"cosine_length"``, negative
+            lengths, or ``timeout_s <= 0``.
+
+    Example:
+        >>> result = compute_rewards(
+        ...     ["<think>2+2</think> <answer>4</answer>", "<think>2+2</think> <answer>5</answer>"],
+        ...     ["4", "4"],
+        ...     {"accuracy": 1.0, "format": 0.5, "kimi_length": 1.0},
+        ...     group_size=2, lengths=[10, 30], task_verifier="numeric",
+        ...     answer_format="answer_tag")
+        >>> result.total
+        [2.0, 0.0]
+        >>> result.per_reward["kimi_length"], result.failures["accuracy"]
+        ([0.5, -0.5], 0)
+    """
+    extra = dict(extra or {})
+    enabled = {name: weight for name, weight in weights.items() if weight != 0}
+    n = len(completions)
+    _check_config(
+        n,
+        references,
+        lengths,
+        weights,
+        enabled,
+        extra,
+        group_size=group_size,
+        task_verifier=task_verifier,
+        answer_format=answer_format,
+        target_language=target_language,
+        max_len=max_len,
+        timeout_s=timeout_s,
+    )
+
+    values: dict[str, list[float]] = {}
+    failures: dict[str, int] = {}
+    pairs = list(zip(completions, references, strict=True))
+    needs_correctness = "kimi_length" in enabled or "cosine_length" in enabled
+    if "accuracy" in enabled or needs_correctness:
+        accuracy = functools.partial(
+            accuracy_reward,
+            verifier=task_verifier,
+            answer_format=answer_format,
+            tolerance=tolerance,
+        )
+        if task_verifier == "math":
+            # sympy work holds the GIL, so running math samples side by side adds no throughput
+            # and only makes each sample's wall-clock budget depend on its neighbours.
+            values["accuracy"], failures["accuracy"] = _run_protected(
+                accuracy, pairs, timeout_s, max_in_flight=1
+            )
+        else:
+            values["accuracy"], failures["accuracy"] = _run_direct(accuracy, pairs)
+    correct = [value > 0 for value in values.get("accuracy", [])]
+
+    for name in enabled:
+        if name == "format":
+            calls = [(completion, answer_format) for completion in completions]
+            values[name], failures[name] = _run_direct(format_reward, calls)
+        elif name == "language":
+            calls = [(completion, target_language) for completion in completions]
+            values[name], failures[name] = _run_direct(language_consistency_reward, calls)
+        elif name == "kimi_length":
+            # Validated above, so this pure arithmetic cannot fail on any sample.
+            values[name] = [
+                reward
+                for start in range(0, n, group_size)
+                for reward in kimi_length_rewards(
+                    lengths[start : start + group_size], correct[start : start + group_size]
+                )
+            ]
+            failures[name] = 0
+        elif name == "cosine_length":
+            values[name] = [
+                cosine_length_reward(length, ok, max_len)
+                for length, ok in zip(lengths, correct, strict=True)
+            ]
+            failures[name] = 0
+        elif name in extra:
+            values[name], failures[name] = _run_protected(
+                extra[name], pairs, timeout_s, max_in_flight=_MAX_WORKERS
+            )
+
+    per_reward = {name: values[name] for name in enabled}
+    total = [
+        math.fsum(weight * per_reward[name][i] for name, weight in enabled.items())
+        for i in range(n)
+    ]
+    return RewardResult(total=total, per_reward=per_reward, failures=failures)
