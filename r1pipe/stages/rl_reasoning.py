@@ -385,7 +385,7 @@ class GRPOTrainer:
         module = self.engine.module
         if rl.mu > 1:  # the ratio needs the log-probs of the policy that sampled
             module.eval()
-            for mb, lp in zip(mbs, self._logprobs_no_grad(self.engine.engine, mbs, P), strict=True):
+            for mb, lp in zip(mbs, self._logprobs_no_grad(module, mbs, P), strict=True):
                 mb["old_logprobs"] = lp
         if self.ref is not None:
             for mb, lp in zip(mbs, self._logprobs_no_grad(self.ref, mbs, P), strict=True):

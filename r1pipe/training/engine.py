@@ -102,6 +102,23 @@ def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[k] = v
 
 
+class _LossModule(torch.nn.Module):
+    """Runs a loss function inside the DeepSpeed engine's forward.
+
+    DeepSpeed hooks its bookkeeping (ZeRO-3 gradient partitioning across accumulation steps,
+    backward prologue) on ``engine.forward`` and its outputs. Loss functions here call the HF
+    model in their own way (decoder, then a chunked output layer), so the whole loss function
+    becomes the forward of this wrapper and DeepSpeed sees every micro-step.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, loss_fn: Callable[..., Any], batch: dict[str, torch.Tensor]) -> Any:
+        return loss_fn(self.model, batch)
+
+
 class TrainEngine:
     """DeepSpeed engine + optimizer + LR schedule for one model.
 
@@ -177,8 +194,9 @@ class TrainEngine:
         def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
             return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
+        self.hf_model = model
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model,
+            model=_LossModule(model),
             model_parameters=params if optimizer is None else None,
             optimizer=optimizer,
             lr_scheduler=make_scheduler,
@@ -191,7 +209,8 @@ class TrainEngine:
 
     @property
     def module(self) -> torch.nn.Module:
-        return self.engine.module
+        """The Hugging Face model being trained (for generation and export)."""
+        return self.hf_model
 
     def train_step(
         self, micro_batches: Sequence[dict[str, torch.Tensor]], loss_fn: LossFn, normalizer: float
@@ -200,7 +219,8 @@ class TrainEngine:
 
         Args:
             micro_batches: Exactly ``grad_accum`` batches (tensors are moved to the device).
-            loss_fn: ``(model, batch) -> (summed_loss, stats)``.
+            loss_fn: ``(hf_model, batch) -> (summed_loss, stats)``; it runs inside the
+                engine's forward.
             normalizer: What the summed loss of the *global* batch is divided by (e.g. all
                 response tokens over all ranks). DeepSpeed averages over ranks and
                 accumulation steps, which the scaling below undoes.
@@ -216,12 +236,12 @@ class TrainEngine:
         stats: dict[str, float] = {}
         for batch in micro_batches:
             batch = {k: v.to(self.dist.device) for k, v in batch.items()}
-            loss_sum, mb_stats = loss_fn(self.engine, batch)
+            loss_sum, mb_stats = self.engine(loss_fn, batch)
             self.engine.backward(loss_sum * scale)
             if self.engine.is_gradient_accumulation_boundary() and self._norm_untracked:
                 # DeepSpeed clips fp32 ZeRO-0 gradients without keeping the norm; the
                 # gradients are already all-reduced here, so this is the same global norm.
-                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                grads = [p.grad for p in self.hf_model.parameters() if p.grad is not None]
                 own_norm = float(torch.nn.utils.get_total_norm(grads))
             self.engine.step()
             local_loss += float(loss_sum.detach())
@@ -275,7 +295,7 @@ class TrainEngine:
         """Write the final model in Hugging Face format (ZeRO-3 shards gathered on rank 0)."""
         import deepspeed
 
-        module = self.engine.module
+        module = self.hf_model
         if self.engine.zero_optimization_stage() == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 state = (

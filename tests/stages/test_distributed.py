@@ -25,10 +25,12 @@ def one_rank(tmp_path_factory):
     return metrics(run_dir)
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_two_ranks_match_one_rank(tmp_path, one_rank, zero):
+# ZeRO-3 with 2 micro-batches per rank also checks gradient accumulation under partitioning.
+@pytest.mark.parametrize(("zero", "micro"), [("zero2", 4), ("zero3", 2)])
+def test_two_ranks_match_one_rank(tmp_path, one_rank, zero, micro):
     run_dir = tmp_path / zero
-    ok(cli(*COMMON, f"run.dir={run_dir}", f"deepspeed={zero}", nproc=2))
+    ok(cli(*COMMON, f"run.dir={run_dir}", f"deepspeed={zero}",
+           f"stage.cold_start.micro_batch_size={micro}", nproc=2))
     two = metrics(run_dir)
     assert [m["step"] for m in two] == [m["step"] for m in one_rank]
     for a, b in zip(two, one_rank, strict=True):
