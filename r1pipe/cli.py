@@ -87,7 +87,8 @@ def stage(
         cfg, dcfg = _compose(overrides)
         if fn is None:
             raise UserError(
-                f"stage '{name}' is not built yet in this version of r1pipe (built: cold-start)"
+                f"stage '{name}' is not built yet in this version of r1pipe (built: "
+                f"{', '.join(k for k, v in STAGES.items() if v is not None)})"
             )
         _quiet()
         fn(cfg, dcfg)
@@ -98,23 +99,46 @@ def stage(
 @app.command(
     "run-all",
     context_settings=EXTRA,
-    help="Run the four stages in order, skipping completed ones and resuming interrupted ones.",
+    help="Run the four stages in order, each from the previous stage's checkpoint; skips "
+    "stages already completed with the same config and resumes interrupted ones.",
 )
 def run_all(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
-        cfg, dcfg = _compose(overrides)
+        cfg, dcfg = _compose([*(overrides or []), "run.skip_completed=true"])
         from r1pipe.stages import STAGES
 
         _quiet()
-        for name, fn in STAGES.items():
-            if fn is None:
-                raise UserError(
-                    f"run-all: stage '{name}' is not built yet in this version of "
-                    "r1pipe; the stages before it completed"
-                )
-            fn(cfg, dcfg)
+        results: dict[str, dict] = {}
+        try:
+            for name, fn in STAGES.items():
+                if fn is None:
+                    raise UserError(
+                        f"run-all: stage '{name}' is not built yet in this version of r1pipe; "
+                        f"the stages before it completed (see {cfg.run.dir}/manifest.json)"
+                    )
+                results[name] = fn(cfg, dcfg)
+        finally:
+            if results and _is_main():
+                _print_table(results)
     except UserError as e:
         _fail(str(e))
+
+
+def _print_table(results: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="held-out evaluation after each stage")
+    for col in ("stage", "pass@1", "format rate", "mean response tokens"):
+        table.add_column(col)
+    for name, m in results.items():
+        table.add_row(
+            name,
+            f"{100 * m.get('pass@1', float('nan')):.1f}%",
+            f"{100 * m.get('format_rate', float('nan')):.1f}%",
+            f"{m.get('mean_response_tokens', float('nan')):.1f}",
+        )
+    Console(stderr=True).print(table)
 
 
 @app.command(

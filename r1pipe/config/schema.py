@@ -37,6 +37,8 @@ class RunConfig:
     """Seed for data order, model init and sampling."""
     resume: bool = True
     """Resume a stage from its last complete periodic checkpoint when the config hash matches."""
+    skip_completed: bool = False
+    """Skip a stage already ``completed`` with the same config hash (``run-all`` sets it)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "run.dir", "must be a non-empty path")

@@ -62,6 +62,8 @@ NAME, KEY = "cold-start", "cold_start"
 def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     """Run the cold-start stage; return its final metrics (held-out eval included)."""
     ctx = begin_stage(NAME, KEY, cfg, dcfg)
+    if ctx.skipped is not None:
+        return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         train, held_out = load_task(cfg.task, cfg.run.seed)
         missing = [e.id for e in train if not e.response]

@@ -58,6 +58,8 @@ class StageContext:
     resume_from: Path | None
     """A complete periodic checkpoint to resume from, or None for a fresh start."""
     t0: float
+    skipped: dict[str, Any] | None = None
+    """The manifest entry when the stage was already completed with this config (skip it)."""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -105,8 +107,31 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
     chash = config_hash(dcfg, key, parent)
     stage_dir = run_dir.stage_dir(name)
     resume_from: Path | None = None
+    entry = run_dir.stage_entry(name)
+    if (
+        cfg.run.skip_completed
+        and entry
+        and entry.get("status") == "completed"
+        and entry.get("config_hash") == chash
+    ):
+        ctx = StageContext(
+            name,
+            key,
+            cfg,
+            dcfg,
+            dist,
+            run_dir,
+            stage_dir,
+            start_model,
+            chash,
+            None,
+            time.time(),
+            skipped=entry,
+        )
+        ctx.log("already completed with this config: skipped")
+        return ctx
+    barrier()  # every rank has read the manifest before rank 0 rewrites it
     if dist.is_main:
-        entry = run_dir.stage_entry(name)
         ckpts = complete_checkpoints(stage_dir / "checkpoints")
         if (
             cfg.run.resume

@@ -82,6 +82,8 @@ REFLECTION_WORDS = re.compile(
 def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     """Run the rl-reasoning stage; return its final metrics (held-out eval included)."""
     ctx = begin_stage(NAME, KEY, cfg, dcfg)
+    if ctx.skipped is not None:
+        return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         train, held_out = load_task(cfg.task, cfg.run.seed)
         metrics = run_grpo(ctx, cfg.stage.rl_reasoning, train, held_out)
