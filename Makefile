@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Applies to every pip call, build environments of source packages included, so nothing can
+# swap our CPU torch for the newest CUDA build.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
 .PHONY: install demo test test-fast lint bench clean
 

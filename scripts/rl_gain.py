@@ -37,10 +37,11 @@ def main() -> None:
     after = json.loads((run_dir / "rl-reasoning" / "eval.json").read_text())
     gain = 100 * (after["pass@1"] - before["pass@1"])
     print(f"held-out prompts: {before['num_problems']}")
-    print(f"cold-start   pass@1 {100 * before['pass@1']:5.1f}%  format {100 * before['format_rate']:5.1f}%"
-          f"  ({t_sft / 60:.1f} min)")
-    print(f"rl-reasoning pass@1 {100 * after['pass@1']:5.1f}%  format {100 * after['format_rate']:5.1f}%"
-          f"  ({t_rl / 60:.1f} min, stage wall time incl. start-up and eval)")
+    for name, ev, t in (("cold-start", before, t_sft), ("rl-reasoning", after, t_rl)):
+        print(
+            f"{name:13s} pass@1 {100 * ev['pass@1']:5.1f}%  "
+            f"format {100 * ev['format_rate']:5.1f}%  ({t / 60:.1f} min incl. start-up and eval)"
+        )
     print(f"gain: {gain:+.1f} points")
 
 

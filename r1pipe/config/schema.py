@@ -152,6 +152,8 @@ class SFTConfig:
     max_steps: int = -1
     """Optimizer steps; -1 means ``epochs`` passes over the data."""
     epochs: float = 1.0
+    max_examples: int = 0
+    """Use only the first N train examples (0: all). The paper's cold start is a small set."""
     global_batch_size: int = 32
     """Sequences per optimizer step, summed over ranks and micro-batches."""
     micro_batch_size: int = 32
@@ -164,11 +166,13 @@ class SFTConfig:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     packing: bool = True
     """Bin-pack a micro-batch into rows of ``pack_length`` tokens (block-diagonal attention)."""
     pack_length: int = 0
-    """Row length for packing; 0 means ``max_seq_len``."""
+    """Row length for packing; 0 means the longest sequence of the micro-batch (short
+    sequences share rows, attention cost stays that of the longest sequence)."""
     max_seq_len: int = 512
     """Longer examples are truncated (counted in the metrics)."""
     log_every: int = 10
@@ -190,6 +194,7 @@ class SFTConfig:
             f"({self.global_batch_size}) must be a multiple of micro_batch_size "
             f"({self.micro_batch_size})",
         )
+        _check(self.max_examples >= 0, p + "max_examples", "must be >= 0")
         _check(self.lr > 0, p + "lr", "must be > 0")
         _check(0 <= self.warmup_ratio < 1, p + "warmup_ratio", "must be in [0, 1)")
         _check(0 <= self.min_lr_ratio <= 1, p + "min_lr_ratio", "must be in [0, 1]")
@@ -217,6 +222,9 @@ class GRPOConfig:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
+    adam_eps: float = 1e-8
+    """Adam's epsilon. Policy gradients leave most parameters (e.g. output rows of tokens that
+    are never sampled) with tiny gradients that Adam would blow up to full-size steps."""
     max_grad_norm: float = 1.0
     # -- sampling
     temperature: float = 1.0

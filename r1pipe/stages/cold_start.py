@@ -72,7 +72,8 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
                 f"task {cfg.task.name}: {len(missing)} train examples have no worked solution "
                 f"(first id {missing[0]}); cold-start needs task.solution_field"
             )
-        metrics = run_sft(ctx, cfg.stage.cold_start, train)
+        sft = cfg.stage.cold_start
+        metrics = run_sft(ctx, sft, train[: sft.max_examples] if sft.max_examples else train)
         metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))
         finish_stage(ctx, metrics)
     return metrics
@@ -144,6 +145,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
         lr=sft.lr,
         weight_decay=sft.weight_decay,
         betas=(sft.adam_beta1, sft.adam_beta2),
+        eps=sft.adam_eps,
         total_steps=total_steps,
         warmup_steps=warmup,
         lr_scheduler=sft.lr_scheduler,
@@ -199,7 +201,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
                     packing=sft.packing,
                     pad_id=tokenizer.pad_token_id,
                     attn_implementation=attn,
-                    pack_length=sft.pack_length or sft.max_seq_len,
+                    pack_length=sft.pack_length,
                 )
                 for mb in micro_idx
             ]

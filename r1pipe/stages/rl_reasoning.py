@@ -179,6 +179,7 @@ class GRPOTrainer:
             lr=rl.lr,
             weight_decay=rl.weight_decay,
             betas=(rl.adam_beta1, rl.adam_beta2),
+            eps=rl.adam_eps,
             total_steps=rl.max_steps * rl.mu,
             warmup_steps=int(rl.warmup_ratio * rl.max_steps),
             lr_scheduler=rl.lr_scheduler,

@@ -126,7 +126,7 @@ class TrainEngine:
         model: The HF model (full weights on every rank; ZeRO partitions them at init).
         ds_cfg: ``cfg.deepspeed``.
         dist: Process-group info.
-        lr, weight_decay, betas: AdamW settings.
+        lr, weight_decay, betas, eps: AdamW settings.
         total_steps, warmup_steps, lr_scheduler, min_lr_ratio: Schedule.
         micro_batch_size: Sequences per micro-batch (for DeepSpeed's bookkeeping).
         grad_accum: Micro-batches per optimizer step on each rank.
@@ -144,6 +144,7 @@ class TrainEngine:
         weight_decay: float,
         betas: tuple[float, float],
         total_steps: int,
+        eps: float = 1e-8,
         warmup_steps: int,
         lr_scheduler: str,
         min_lr_ratio: float,
@@ -170,13 +171,19 @@ class TrainEngine:
         if ds_cfg.offload_optimizer:
             optimizer_cfg = {
                 "type": "AdamW",
-                "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay},
+                "params": {
+                    "lr": lr,
+                    "betas": list(betas),
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                },
             }
         else:
             optimizer = torch.optim.AdamW(
                 params,
                 lr=lr,
                 betas=betas,
+                eps=eps,
                 weight_decay=weight_decay,
                 foreach=dist.device.type == "cuda",
             )

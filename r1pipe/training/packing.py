@@ -73,11 +73,12 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Build model inputs and labels for one micro-batch.
 
-    Packed: sequences are bin-packed into rows of at most ``pack_length`` tokens (at least the
-    longest sequence); ``position_ids`` restart at 0 for each sequence and the attention mask
-    is block-diagonal causal ``[R, 1, L, L]`` (flash attention finds the boundaries from
-    ``position_ids`` and gets no mask). Rows are short on purpose: attention cost grows with
-    the square of the row length, so one giant row would waste far more than padding does.
+    Packed: sequences are bin-packed into rows of at most ``pack_length`` tokens (0, and
+    any value below it, means the longest sequence of the micro-batch); ``position_ids``
+    restart at 0 for each sequence and the attention mask is block-diagonal causal
+    ``[R, 1, L, L]`` (flash attention finds the boundaries from ``position_ids`` and gets no
+    mask). Rows are short on purpose: attention cost grows with the square of the row
+    length, so one giant row would waste far more than padding does.
     Padded: ``[B, L_max]`` right-padded with a 2-D attention mask.
 
     ``labels`` are aligned with ``input_ids`` (``IGNORE`` off the loss mask); the loss shifts.

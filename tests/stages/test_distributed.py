@@ -29,8 +29,15 @@ def one_rank(tmp_path_factory):
 @pytest.mark.parametrize(("zero", "micro"), [("zero2", 4), ("zero3", 2)])
 def test_two_ranks_match_one_rank(tmp_path, one_rank, zero, micro):
     run_dir = tmp_path / zero
-    ok(cli(*COMMON, f"run.dir={run_dir}", f"deepspeed={zero}",
-           f"stage.cold_start.micro_batch_size={micro}", nproc=2))
+    ok(
+        cli(
+            *COMMON,
+            f"run.dir={run_dir}",
+            f"deepspeed={zero}",
+            f"stage.cold_start.micro_batch_size={micro}",
+            nproc=2,
+        )
+    )
     two = metrics(run_dir)
     assert [m["step"] for m in two] == [m["step"] for m in one_rank]
     for a, b in zip(two, one_rank, strict=True):

@@ -147,8 +147,18 @@ def test_rl_under_torchrun_zero3(rl_run, tmp_path):
 
     run_dir = tmp_path / "z3"
     shutil.copytree(rl_run, run_dir, ignore=shutil.ignore_patterns("rl-reasoning"))
-    ok(cli("stage", "rl-reasoning", "conf=smoke", f"run.dir={run_dir}", "deepspeed=zero3",
-           "stage.rl_reasoning.max_steps=2", "stage.rl_reasoning.kl_coef=0.01", nproc=2))
+    ok(
+        cli(
+            "stage",
+            "rl-reasoning",
+            "conf=smoke",
+            f"run.dir={run_dir}",
+            "deepspeed=zero3",
+            "stage.rl_reasoning.max_steps=2",
+            "stage.rl_reasoning.kl_coef=0.01",
+            nproc=2,
+        )
+    )
     rows = metrics(run_dir, "rl-reasoning")
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
     assert rows[0]["generated_tokens"] > 0
