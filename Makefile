@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python scripts/bench_sft.py
+	$(BIN)/python scripts/bench_grpo.py
 
 clean:
 	rm -rf $(VENV) runs
