@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from r1pipe.config.schema import R1Config, SFTConfig
 from r1pipe.data.tasks import load_task
@@ -53,7 +52,6 @@ from r1pipe.stages.common import (
 )
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
-from r1pipe.training.metrics import MetricsLogger
 from r1pipe.training.packing import TokenizedSFT, collate, sft_loss_sum, tokenize_sft
 
 NAME, KEY = "cold-start", "cold_start"
@@ -159,11 +157,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
     if ctx.resume_from is not None:
         state = engine.load_checkpoint(ctx.resume_from)
         start_step = int(state["step"])
-    log = MetricsLogger(
-        ctx.stage_dir / "metrics.jsonl",
-        enabled=dist.is_main,
-        resume_step=start_step if ctx.resume_from else None,
-    )
+    log = ctx.metrics_logger(start_step)
     ctx.log(
         f"SFT on {len(data)} examples ({n_truncated} truncated to {sft.max_seq_len} tokens), "
         f"{total_steps} steps x {sft.global_batch_size} sequences, grad accum {grad_accum}, "
@@ -180,16 +174,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
     attn = cfg.model.attn_implementation
     last: dict[str, Any] = {}
     window_tokens, window_t0 = 0.0, time.perf_counter()
-    progress = Progress(
-        TextColumn("[cyan]cold-start"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not dist.is_main,
-        transient=True,
-    )
+    progress = ctx.progress()
     with progress:
         bar = progress.add_task("sft", total=total_steps, completed=start_step, info="")
         for step in range(start_step, total_steps):

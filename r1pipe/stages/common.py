@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from r1pipe.config.schema import R1Config
 from r1pipe.data.types import Example
@@ -35,6 +36,7 @@ from r1pipe.training.dist import (
     init_distributed,
 )
 from r1pipe.training.engine import complete_checkpoints
+from r1pipe.training.metrics import MetricsLogger
 
 console = Console(stderr=True)
 
@@ -68,6 +70,27 @@ class StageContext:
     @property
     def final_dir(self) -> Path:
         return self.stage_dir / "checkpoint"
+
+    def progress(self) -> Progress:
+        """The stage's progress bar (rank 0 only)."""
+        return Progress(
+            TextColumn(f"[cyan]{self.name}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not self.dist.is_main,
+            transient=True,
+        )
+
+    def metrics_logger(self, start_step: int) -> MetricsLogger:
+        """``STAGE/metrics.jsonl``; on resume, lines after the checkpoint's step are dropped."""
+        return MetricsLogger(
+            self.stage_dir / "metrics.jsonl",
+            enabled=self.dist.is_main,
+            resume_step=start_step if self.resume_from else None,
+        )
 
     def log(self, msg: str) -> None:
         if self.dist.is_main:

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from r1pipe.config.schema import GRPOConfig, R1Config
 from r1pipe.data.tasks import load_task
@@ -67,7 +66,6 @@ from r1pipe.stages.common import (
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
 from r1pipe.training.logprobs import completion_logprobs
-from r1pipe.training.metrics import MetricsLogger
 
 NAME, KEY = "rl-reasoning", "rl_reasoning"
 
@@ -472,27 +470,14 @@ def run_grpo(
         ref_file = ctx.resume_from / "reference.pt"
         if trainer.ref is not None and ref_file.exists() and not trainer.zero3:
             trainer.ref.load_state_dict(torch.load(ref_file, weights_only=True))
-    log = MetricsLogger(
-        ctx.stage_dir / "metrics.jsonl",
-        enabled=dist.is_main,
-        resume_step=start_step if ctx.resume_from else None,
-    )
+    log = ctx.metrics_logger(start_step)
     ctx.log(
         f"GRPO: {rl.max_steps} steps x {rl.prompts_per_step} prompts x G={rl.group_size}, "
         f"{trainer.grad_accum} micro-batches/rank, mu={rl.mu}, kl_coef={rl.kl_coef}, "
         f"loss {rl.loss_aggregation}, ZeRO-{ctx.cfg.deepspeed.zero_stage}"
     )
     last: dict[str, Any] = {}
-    progress = Progress(
-        TextColumn(f"[cyan]{ctx.name}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not dist.is_main,
-        transient=True,
-    )
+    progress = ctx.progress()
     with progress:
         bar = progress.add_task("rl", total=rl.max_steps, completed=start_step, info="")
         for step in range(start_step, rl.max_steps):
