@@ -15,18 +15,7 @@ def cli(
     if nproc == 1:
         cmd = [sys.executable, "-m", "r1pipe", *args]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "r1pipe",
-            *args,
-        ]
+        cmd = torchrun(nproc, "-m", "r1pipe", *args)
     full_env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -36,6 +25,20 @@ def cli(
     return subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """``python -m torch.distributed.run --nproc_per_node N`` on a free port, then ``args``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
 
 
 def _free_port() -> int:

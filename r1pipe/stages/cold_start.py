@@ -28,6 +28,7 @@ Launch: ``r1pipe stage cold-start [OVERRIDES]``, or for data parallel
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -47,12 +48,19 @@ from r1pipe.stages.common import (
     begin_stage,
     finish_stage,
     heldout_eval,
+    maybe_fault,
     set_seed,
     stage_guard,
 )
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
-from r1pipe.training.packing import TokenizedSFT, collate, sft_loss_sum, tokenize_sft
+from r1pipe.training.packing import (
+    TokenizedSFT,
+    collate,
+    num_loss_tokens,
+    sft_loss_sum,
+    tokenize_sft,
+)
 
 NAME, KEY = "cold-start", "cold_start"
 
@@ -87,9 +95,15 @@ def sample_order(step: int, global_batch: int, n: int, seed: int) -> list[int]:
     out = []
     for pos in range(step * global_batch, (step + 1) * global_batch):
         epoch, i = divmod(pos, n)
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        out.append(int(torch.randperm(n, generator=g)[i]))
+        out.append(_epoch_order(n, seed, epoch)[i])
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of one epoch (computed once, not once per sample)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 def rank_micro_batches(batch: list[int], rank: int, world: int, micro: int) -> Iterator[list[int]]:
@@ -190,7 +204,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
                 )
                 for mb in micro_idx
             ]
-            local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+            local_tokens = sum(num_loss_tokens(b) for b in batches)
             local_input = sum(len(data[i].input_ids) for mb in micro_idx for i in mb)
             normalizer = all_reduce_sum(local_tokens, dist.device)
             out = engine.train_step(batches, loss_fn, normalizer)
@@ -213,7 +227,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
                 window_tokens, window_t0 = 0.0, time.perf_counter()
             if sft.save_every and done % sft.save_every == 0 and done < total_steps:
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
-            _maybe_fault(done)
+            maybe_fault(done)
     engine.export_hf(ctx.final_dir, tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
     return {
@@ -222,13 +236,3 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
         "train_examples": len(data),
         "truncated_examples": n_truncated,
     }
-
-
-def _maybe_fault(step: int) -> None:
-    """Test hook: ``R1PIPE_FAULT_AT_STEP=N`` kills the process right after step N, as a crash
-    would (no cleanup, no manifest update)."""
-    import os
-
-    at = os.environ.get("R1PIPE_FAULT_AT_STEP")
-    if at and int(at) == step:
-        os._exit(137)

@@ -26,7 +26,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from r1pipe.config.schema import R1Config
 from r1pipe.data.types import Example
-from r1pipe.errors import UserError
 from r1pipe.run_dir import RunDir, atomic_write_text, config_hash, save_stage_config
 from r1pipe.training.dist import (
     DistInfo,
@@ -258,9 +257,14 @@ def finish_stage(ctx: StageContext, metrics: dict[str, Any]) -> None:
     barrier()
 
 
-def stage_examples_guard(examples: list[Example], what: str) -> None:
-    if not examples:
-        raise UserError(f"{what}: no examples")
+def maybe_fault(step: int) -> None:
+    """Test hook: ``R1PIPE_FAULT_AT_STEP=N`` kills the process right after step N, as a crash
+    would (no cleanup, no manifest update)."""
+    import os
+
+    at = os.environ.get("R1PIPE_FAULT_AT_STEP")
+    if at and int(at) == step:
+        os._exit(137)
 
 
 def set_seed(seed: int) -> None:

@@ -53,13 +53,14 @@ from r1pipe.rl.grpo import (
     soft_overlong_penalty,
     zero_variance_groups,
 )
-from r1pipe.stages.cold_start import _maybe_fault, sample_order
+from r1pipe.stages.cold_start import sample_order
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     evaluate_sharded,
     finish_stage,
     heldout_eval,
+    maybe_fault,
     set_seed,
     stage_guard,
 )
@@ -533,7 +534,7 @@ def run_grpo(
                     path.mkdir(parents=True, exist_ok=True)
                     torch.save(trainer.ref.state_dict(), path / "reference.pt")
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
-            _maybe_fault(done)
+            maybe_fault(done)
     engine.export_hf(ctx.final_dir, trainer.tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
     keep = ("reward", "accuracy", "format_rate", "response_length_mean", "kl", "entropy")

@@ -1,10 +1,9 @@
 """`r1pipe stage rl-reasoning`: after cold-start, R1-Zero mode, resume, 2 ranks = 1 rank."""
 
 import json
-import sys
 
 import pytest
-from clihelpers import ROOT, cli, manifest, metrics, ok
+from clihelpers import ROOT, cli, manifest, metrics, ok, torchrun
 
 RL_KEYS = (
     "reward",
@@ -107,21 +106,15 @@ def test_two_rank_grpo_step_equals_one_rank(smoke_run, tmp_path, zero):
     outs = {}
     for nproc, ds in ((1, "zero0"), (2, zero)):
         out = tmp_path / f"{nproc}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(29600 + nproc + (10 if zero == "zero3" else 0)),
+        cmd = torchrun(
+            nproc,
             str(ROOT / "tests" / "dist" / "grpo_step.py"),
             str(smoke_run / "base-model"),
             str(out),
             f"run.dir={tmp_path / str(nproc)}",
             f"deepspeed={ds}",
             *common,
-        ]
+        )
         res = subprocess.run(
             cmd,
             cwd=ROOT,
