@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,12 +154,25 @@ class GRPOTrainer:
         ctx: The stage context.
         rl: The GRPO knobs.
         reward_fn: ``(examples, completions) -> (total [N], per-reward means, failures)``;
-            the default scores with the rule rewards of ``ctx.cfg.task``.
+            the default scores with the rule rewards of ``ctx.cfg.task``. Means are logged
+            as ``reward/NAME``; a name with a ``/`` (rl-all's ``general/helpfulness``) as is.
+        prompt_batch: ``(step, sampling_round) -> the step's prompts_per_step examples``
+            (rank r takes the r-th contiguous share); default: a seeded order over ``train``.
+        prompt_text: ``(example, tokenizer) -> prompt text``; default: the task's template.
     """
 
-    def __init__(self, ctx: StageContext, rl: GRPOConfig, reward_fn: Any = None):
+    def __init__(
+        self,
+        ctx: StageContext,
+        rl: GRPOConfig,
+        reward_fn: Any = None,
+        *,
+        prompt_batch: Callable[[int, int], list[Example]] | None = None,
+        prompt_text: Callable[[Example, Any], str] | None = None,
+    ):
         self.ctx, self.rl, self.cfg, self.dist = ctx, rl, ctx.cfg, ctx.dist
         self.reward_fn = reward_fn or self.rule_rewards
+        self.prompt_batch, self._prompt_text = prompt_batch, prompt_text
         set_seed(self.cfg.run.seed + 7919 * self.dist.rank)  # ranks sample differently
         self.tokenizer = load_tokenizer(ctx.start_model, self.cfg.model.trust_remote_code)
         world = self.dist.world_size
@@ -256,11 +270,16 @@ class GRPOTrainer:
         means = {k: sum(v) / max(1, len(v)) for k, v in res.per_reward.items()}
         return torch.tensor(res.total, dtype=torch.float32), means, dict(res.failures)
 
+    def prompt_text(self, example: Example) -> str:
+        if self._prompt_text is not None:
+            return self._prompt_text(example, self.tokenizer)
+        return build_prompt(example.question, self.cfg.task, self.tokenizer)
+
     def sample(
         self, examples: list[Example]
     ) -> tuple[list[Completion], torch.Tensor, dict[str, float], dict[str, int]]:
         rl = self.rl
-        prompts = [build_prompt(e.question, self.cfg.task, self.tokenizer) for e in examples]
+        prompts = [self.prompt_text(e) for e in examples]
         params = SamplingParams(
             n=rl.group_size,
             temperature=rl.temperature,
@@ -300,11 +319,14 @@ class GRPOTrainer:
         quota = self.prompts_per_rank
         rounds = rl.max_sampling_rounds if rl.dynamic_sampling else 1
         for rnd in range(rounds):
-            order = sample_order(
-                step, rl.prompts_per_step, len(train), self.cfg.run.seed + 1_000_003 * rnd
-            )
-            mine = order[dist.rank * quota : (dist.rank + 1) * quota]
-            examples = [train[i] for i in mine]
+            if self.prompt_batch is not None:
+                examples = self.prompt_batch(step, rnd)[dist.rank * quota : (dist.rank + 1) * quota]
+            else:
+                order = sample_order(
+                    step, rl.prompts_per_step, len(train), self.cfg.run.seed + 1_000_003 * rnd
+                )
+                mine = order[dist.rank * quota : (dist.rank + 1) * quota]
+                examples = [train[i] for i in mine]
             completions, rewards, means, fails = self.sample(examples)
             for k, v in means.items():
                 reward_means.setdefault(k, []).append(v)
@@ -327,9 +349,7 @@ class GRPOTrainer:
 
         advantages = group_advantages(rewards, rl.group_size, scale_std=rl.scale_rewards_std)
         prompt_ids = [
-            self.tokenizer(
-                build_prompt(e.question, self.cfg.task, self.tokenizer), add_special_tokens=False
-            )["input_ids"]
+            self.tokenizer(self.prompt_text(e), add_special_tokens=False)["input_ids"]
             for e in kept_ex
         ]
         ids, mask, P, comp_mask = build_batch(
@@ -345,7 +365,9 @@ class GRPOTrainer:
         stats = {
             "reward": float(rewards.mean()),
             "reward_std": float(rewards.std()),
-            **{f"reward/{k}": sum(v) / len(v) for k, v in reward_means.items()},
+            **{
+                (k if "/" in k else f"reward/{k}"): sum(v) / len(v) for k, v in reward_means.items()
+            },
             "response_length_mean": float(lengths.mean()),
             "response_length_max": float(lengths.max()),
             "truncation_rate": float(truncated.float().mean()),
@@ -459,10 +481,14 @@ def run_grpo(
     train: list[Example],
     held_out: list[Example],
     reward_fn: Any = None,
+    *,
+    prompt_batch: Callable[[int, int], list[Example]] | None = None,
+    prompt_text: Callable[[Example, Any], str] | None = None,
 ) -> dict[str, Any]:
-    """The GRPO loop: rollout, reward, advantage, loss; checkpoints; final HF export."""
+    """The GRPO loop: rollout, reward, advantage, loss; checkpoints; final HF export.
+    ``reward_fn``, ``prompt_batch`` and ``prompt_text`` as in :class:`GRPOTrainer`."""
     dist = ctx.dist
-    trainer = GRPOTrainer(ctx, rl, reward_fn)
+    trainer = GRPOTrainer(ctx, rl, reward_fn, prompt_batch=prompt_batch, prompt_text=prompt_text)
     engine = trainer.engine
     start_step = 0
     if ctx.resume_from is not None:
