@@ -51,6 +51,13 @@ def init_distributed() -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if device.type == "cpu":
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU inference at init:
+        # minutes on 2 cores, again whenever its build cache is invalidated, and training
+        # never calls it (gloo does the collectives).
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False
