@@ -141,21 +141,66 @@ def _print_table(results: dict[str, dict]) -> None:
     Console(stderr=True).print(table)
 
 
+# `r1pipe eval` shorthands for keys of the `bench` block.
+EVAL_SHORTHANDS = {
+    "benchmark": "bench.name",
+    "checkpoint": "bench.checkpoint",
+    "stage": "bench.stage",
+    "predictions": "bench.predictions",
+    "out": "bench.out",
+    "limit": "bench.limit",
+    "data_dir": "bench.data_dir",
+}
+
+
+def _eval_overrides(overrides: list[str]) -> list[str]:
+    """Expand the shorthands; sample with the R1 protocol (``eval=r1``) unless told otherwise."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out.append(f"{EVAL_SHORTHANDS[key]}={value}" if sep and key in EVAL_SHORTHANDS else o)
+    if not any(o.startswith("eval=") for o in out):
+        out.insert(0, "eval=r1")
+    return out
+
+
 @app.command(
     "eval",
     context_settings=EXTRA,
-    help="Evaluate a checkpoint on benchmarks (pass@1, cons@k, pass@k) or score "
-    "predictions=FILE.jsonl. Not built yet.",
+    help="Evaluate a checkpoint on a benchmark with the R1 protocol (k samples at "
+    "temperature 0.6, top-p 0.95; pass@1, cons@k, pass@k), or score predictions=FILE.jsonl "
+    "written by any model. Keys: benchmark=gsm8k|math500|aime24|aime25|amc23|PATH, "
+    "checkpoint=PATH or stage=NAME (of run.dir=), predictions=FILE, out=DIR, limit=N, "
+    "data_dir=DIR, eval.num_samples=K, eval.max_new_tokens=N. Writes eval.json and "
+    "samples.jsonl into out= (default RUN_DIR/eval/LABEL/BENCHMARK/).",
 )
 def eval_cmd(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
-    _fail("`r1pipe eval` is not built yet (each stage already writes STAGE/eval.json)")
+    try:
+        cfg, _ = _compose(_eval_overrides(list(overrides or [])))
+        _quiet()
+        from r1pipe.evaluation import run_eval
+
+        run_eval(cfg)
+    except UserError as e:
+        _fail(str(e))
 
 
 @app.command(
-    context_settings=EXTRA, help="Plots and an HTML summary of a run directory. Not built yet."
+    context_settings=EXTRA,
+    help="Plots (PNG) and an offline HTML summary of a run directory (run.dir=PATH) into "
+    "RUN_DIR/report/: rewards, accuracy, response length, reflection words, KL, entropy, clip "
+    "fraction, SFT loss; the per-stage table of held-out and benchmark results, the lineage "
+    "and each stage's config.",
 )
 def report(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
-    _fail("`r1pipe report` is not built yet (metrics are in STAGE/metrics.jsonl)")
+    try:
+        cfg, _ = _compose(overrides)
+        from r1pipe.report import write_report
+
+        index = write_report(cfg.run.dir)
+        typer.echo(f"report: {index}")
+    except UserError as e:
+        _fail(str(e))
 
 
 def main() -> None:

@@ -1,38 +1,115 @@
-"""Evaluation: the held-out evaluation every stage runs at its end, and pass@k / cons@k.
+"""Evaluation: pass@k and cons@k, the held-out evaluation every stage runs, and ``r1pipe eval``.
 
-``evaluate(generator, examples, ...)`` samples k completions per prompt, scores each with the
-task's rule rewards and returns ``pass@1`` (mean accuracy over all k samples), ``format_rate``
-and, for k > 1, ``pass@k`` (unbiased estimator) and ``cons@k`` (majority vote).
+The R1 protocol (paper, section 3.1): zero-shot, the instruction "Please reason step by step,
+and put your final answer within \\boxed{}.", k samples per problem at temperature 0.6 and
+top-p 0.95. Reported:
+
+* ``pass@1``: the share of correct samples of a problem, averaged over problems;
+* ``cons@k``: majority vote over the k extracted answers (equivalent forms such as ``0.5``
+  and ``\\frac12`` vote together; a tie counts as a uniformly random pick among the tied
+  answers, i.e. the share of them that is correct);
+* ``pass@k``: the unbiased estimator of Chen et al. (2021) from the k samples.
+
+``run_eval(cfg)`` is the ``r1pipe eval`` command: generate with a checkpoint and score, or
+score a predictions file written by any model; it writes ``eval.json`` and ``samples.jsonl``.
+
+Raises :class:`~r1pipe.errors.UserError` for a missing benchmark, checkpoint, or bad row.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import time
-from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from transformers import PreTrainedTokenizerBase
 
-from r1pipe.config.schema import EvalConfig, TaskConfig
+from r1pipe.config.schema import EvalConfig, R1Config, TaskConfig
 from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
+from r1pipe.errors import UserError
 from r1pipe.generation.base import Generator, SamplingParams
-from r1pipe.rewards import accuracy_reward, format_reward
-from r1pipe.rewards.parsing import extract_answer, split_think
+from r1pipe.rewards import format_reward
+from r1pipe.rewards.accuracy import answer_matches, parse_number
+from r1pipe.rewards.parsing import extract_answer, extract_gsm8k_reference, split_think
+
+console = Console(stderr=True)
+
+# Equivalent forms are merged among this many most frequent distinct answers of a problem;
+# rarer answers vote by their text only. Each merge test can cost a sympy comparison
+# (1-40 ms), and a spread of more distinct answers than this has no meaningful majority.
+MAX_VOTE_CANDIDATES = 16
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021).
 
+    ``1 - C(n - c, k) / C(n, k)``: the chance that k samples drawn without replacement from the
+    n contain a correct one.
+
     >>> pass_at_k(4, 1, 1), pass_at_k(4, 0, 2), pass_at_k(4, 3, 2)
     (0.25, 0.0, 1.0)
     """
-    if k > n:
-        raise ValueError(f"k={k} > n={n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"c={c} must be in [0, n={n}]")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, n={n}]")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_vote(
+    answers: Sequence[str | None],
+    correct: Sequence[float],
+    same: Callable[[str, str], bool] | None = None,
+) -> float:
+    """cons@k of one problem: is the most frequent answer correct?
+
+    Args:
+        answers: The extracted answer of each sample (None: no answer; it does not vote).
+        correct: Each sample's correctness (1.0 / 0.0).
+        same: Whether two different answer texts are equivalent (e.g. math-verify); None
+            compares texts (whitespace-normalized) only.
+
+    Returns:
+        1.0 or 0.0, or for a tie between the largest groups the share of tied groups that
+        are correct (the expected score of a uniformly random tie-break). 0.0 when no sample
+        has an answer.
+
+    >>> majority_vote(["3", "4", "4", None], [0, 1, 1, 0])
+    1.0
+    >>> majority_vote(["3", "4", "3", "4"], [1, 0, 1, 0])  # a tie: one of two groups right
+    0.5
+    """
+    counts: dict[str, list[int]] = {}
+    for i, a in enumerate(answers):
+        if a is not None:
+            counts.setdefault(" ".join(a.split()), []).append(i)
+    if not counts:
+        return 0.0
+    ranked = sorted(counts.values(), key=len, reverse=True)  # stable: first seen first
+    groups: list[list[int]] = []
+    for members in ranked[:MAX_VOTE_CANDIDATES]:
+        text = answers[members[0]]
+        assert text is not None
+        home = None
+        if same is not None:
+            home = next((g for g in groups if same(text, answers[g[0]] or "")), None)
+        if home is None:
+            groups.append(list(members))
+        else:
+            home.extend(members)
+    groups += [list(m) for m in ranked[MAX_VOTE_CANDIDATES:]]
+    top = max(len(g) for g in groups)
+    tied = [g for g in groups if len(g) == top]
+    return sum(float(correct[g[0]]) for g in tied) / len(tied)
 
 
 def majority_answer(answers: list[str | None]) -> str | None:
@@ -41,24 +118,52 @@ def majority_answer(answers: list[str | None]) -> str | None:
     >>> majority_answer(["3", "4", "4", None, "3"])
     '3'
     """
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == best)
+    counts: dict[str, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=lambda a: counts[a]) if counts else None
 
 
-def score_completion(text: str, reference: str, task: TaskConfig) -> dict[str, Any]:
+def answer_equivalence(verifier: str, tolerance: float = 1e-6) -> Callable[[str, str], bool]:
+    """``same(a, b)`` for majority voting under a task's verifier (numbers compare fast)."""
+
+    def same(a: str, b: str) -> bool:
+        x, y = parse_number(a), parse_number(b)
+        if x is not None and y is not None:
+            return abs(x - y) <= tolerance * max(1.0, abs(y))
+        return verifier != "numeric" and answer_matches(a, b, verifier, tolerance)
+
+    return same
+
+
+def final_answer(text: str, answer_format: str, gsm8k_fallback: bool = False) -> str | None:
+    """The final answer of a completion: from the summary after ``</think>`` (the whole text
+    without a think block), in ``answer_format``; with ``gsm8k_fallback``, a completion with
+    none ending in a GSM8K-style ``#### N`` line gives N.
+
+    >>> final_answer("<think>2+2</think> so \\\\boxed{4}", "boxed")
+    '4'
+    >>> final_answer("3 + 4 = 7\\n#### 7", "boxed", gsm8k_fallback=True)
+    '7'
+    """
     _, summary = split_think(text)
+    answer = extract_answer(summary, answer_format)
+    if answer is None and gsm8k_fallback and "####" in summary:
+        lines = extract_gsm8k_reference(summary).splitlines()
+        answer = lines[0].strip() if lines and lines[0].strip() else None
+    return answer
+
+
+def score_completion(
+    text: str, reference: str, task: TaskConfig, *, gsm8k_fallback: bool = False
+) -> dict[str, Any]:
+    """``answer`` (extracted), ``correct`` (1.0 / 0.0) and ``format`` (R1 format reward)."""
+    answer = final_answer(text, task.answer_format, gsm8k_fallback)
+    ok = answer is not None and answer_matches(answer, reference, task.verifier, task.tolerance)
     return {
-        "answer": extract_answer(summary, task.answer_format),
-        "correct": accuracy_reward(
-            text,
-            reference,
-            verifier=task.verifier,
-            answer_format=task.answer_format,
-            tolerance=task.tolerance,
-        ),
+        "answer": answer,
+        "correct": 1.0 if ok else 0.0,
         "format": format_reward(text, task.answer_format),
     }
 
@@ -70,8 +175,16 @@ def evaluate(
     task: TaskConfig,
     cfg: EvalConfig,
     seed: int = 0,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Evaluate on ``examples``; return the summary and one record per completion."""
+    *,
+    gsm8k_fallback: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sample ``cfg.num_samples`` completions per example and score them.
+
+    Returns:
+        The summary (:func:`summarize`, plus ``seconds`` and ``generate_seconds``) and one
+        record per completion: ``id``, ``sample``, ``question``, ``reference``,
+        ``completion``, ``finish_reason``, ``num_tokens``, ``answer``, ``correct``, ``format``.
+    """
     t0 = time.perf_counter()
     prompts = [build_prompt(e.question, task, tokenizer) for e in examples]
     params = SamplingParams(
@@ -82,54 +195,281 @@ def evaluate(
         seed=seed,
     )
     groups = generator.generate(prompts, params)
+    t_gen = time.perf_counter() - t0
     records: list[dict[str, Any]] = []
     for ex, comps in zip(examples, groups, strict=True):
-        for c in comps:
+        for j, c in enumerate(comps):
             records.append(
                 {
                     "id": ex.id,
+                    "sample": j,
                     "question": ex.question,
                     "reference": ex.reference,
                     "completion": c.text,
                     "finish_reason": c.finish_reason,
                     "num_tokens": len(c.token_ids),
-                    **score_completion(c.text, ex.reference, task),
+                    **score_completion(c.text, ex.reference, task, gsm8k_fallback=gsm8k_fallback),
                 }
             )
-    summary = summarize(records, cfg.num_samples)
+    summary = summarize(records, cfg.num_samples, verifier=task.verifier, tolerance=task.tolerance)
     summary["seconds"] = time.perf_counter() - t0
+    summary["generate_seconds"] = t_gen
     return summary, records
 
 
-def summarize(records: list[dict[str, Any]], k: int) -> dict[str, float]:
-    """pass@1 (mean over all samples), format rate, lengths; pass@k and cons@k for k > 1.
+def summarize(
+    records: list[dict[str, Any]], k: int, *, verifier: str = "exact", tolerance: float = 1e-6
+) -> dict[str, Any]:
+    """pass@1, format rate, lengths; ``pass@k`` and ``cons@k`` when k > 1.
 
-    Records are grouped by ``id``; each record has ``correct``, ``format``, ``answer``,
-    ``num_tokens`` and ``finish_reason``.
+    Records are grouped by ``id``; each has ``correct``, ``format`` and ``answer``, and when
+    generated also ``num_tokens`` and ``finish_reason``. A problem with fewer than k samples
+    (a predictions file) enters pass@k with its own count.
     """
-    n_total = max(1, len(records))
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_id.setdefault(str(r["id"]), []).append(r)
-    summary: dict[str, float] = {
-        "pass@1": sum(r["correct"] for r in records) / n_total,
+    n_total = max(1, len(records))
+    n_problems = max(1, len(by_id))
+    summary: dict[str, Any] = {
+        "pass@1": sum(_mean([r["correct"] for r in g]) for g in by_id.values()) / n_problems,
         "format_rate": sum(r["format"] for r in records) / n_total,
-        "mean_response_tokens": sum(r["num_tokens"] for r in records) / n_total,
-        "truncation_rate": sum(r["finish_reason"] == "length" for r in records) / n_total,
         "num_problems": len(by_id),
         "num_samples": k,
+        "num_completions": len(records),
     }
+    if records and "num_tokens" in records[0]:
+        summary["mean_response_tokens"] = sum(r["num_tokens"] for r in records) / n_total
+        summary["truncation_rate"] = sum(r["finish_reason"] == "length" for r in records) / n_total
     if k > 1 and by_id:
+        same = answer_equivalence(verifier, tolerance)
         passk, cons = [], []
         for group in by_id.values():
             c = int(sum(r["correct"] for r in group))
             passk.append(pass_at_k(len(group), c, min(k, len(group))))
-            maj = majority_answer([r["answer"] for r in group])
             cons.append(
-                next((r["correct"] for r in group if r["answer"] == maj), 0.0)
-                if maj is not None
-                else 0.0
+                majority_vote([r["answer"] for r in group], [r["correct"] for r in group], same)
             )
-        summary[f"pass@{k}"] = sum(passk) / len(passk)
         summary[f"cons@{k}"] = sum(cons) / len(cons)
+        summary[f"pass@{k}"] = sum(passk) / len(passk)
+    return summary
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+# ---- the `r1pipe eval` command ---------------------------------------------------------
+
+
+def bench_task(cfg: R1Config, source: str) -> TaskConfig:
+    """The task a benchmark is prompted and checked with (``bench.*``)."""
+    b = cfg.bench
+    return TaskConfig(
+        name=b.name or "predictions",
+        kind="jsonl",
+        train_file=source,
+        eval_file=source,
+        answer_format=b.answer_format,
+        verifier=b.verifier,
+        template=b.template,
+        instruction=b.instruction,
+        system_prompt=b.system_prompt,
+    )
+
+
+def resolve_checkpoint(cfg: R1Config) -> tuple[str, str]:
+    """``(checkpoint, label)``: ``checkpoint=``, a stage of ``run.dir``, ``model.path``, or
+    the run's last completed stage."""
+    from r1pipe.run_dir import STAGE_ORDER, RunDir
+
+    b = cfg.bench
+    if b.checkpoint:
+        p = Path(b.checkpoint)
+        return b.checkpoint, (p.parent.name if p.name == "checkpoint" else p.name) or "model"
+    run = RunDir(cfg.run.dir)
+    stages = run.read_manifest()["stages"]
+    if b.stage:
+        entry = stages.get(b.stage)
+        if not entry or entry.get("status") != "completed" or not entry.get("checkpoint"):
+            have = ", ".join(f"{k} {v.get('status')}" for k, v in stages.items()) or "none"
+            raise UserError(
+                f"stage={b.stage}: {run.manifest_path} has no completed {b.stage} stage "
+                f"(stages: {have})"
+            )
+        return str(run.resolve(entry["checkpoint"])), b.stage
+    if cfg.model.path:
+        return cfg.model.path, Path(cfg.model.path).name or "model"
+    done = [s for s in STAGE_ORDER if stages.get(s, {}).get("status") == "completed"]
+    if not done:
+        raise UserError(
+            f"r1pipe eval: nothing to evaluate: give checkpoint=PATH, stage=NAME (with "
+            f"run.dir=; {run.manifest_path} has no completed stage) or predictions=FILE.jsonl"
+        )
+    return str(run.resolve(stages[done[-1]]["checkpoint"])), done[-1]
+
+
+def _out_dir(cfg: R1Config, label: str, bench_label: str) -> Path:
+    from r1pipe.run_dir import RunDir
+
+    if cfg.bench.out:
+        return Path(cfg.bench.out).expanduser()
+    return RunDir(cfg.run.dir).path / "eval" / label / bench_label
+
+
+def write_results(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """``out/eval.json`` (atomic) and ``out/samples.jsonl``."""
+    from r1pipe.run_dir import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """``pass@1 12.5%, cons@4 20.0%, pass@4 30.0%`` from a summary."""
+    keys = [k for k in summary if k.startswith(("pass@", "cons@"))]
+    keys.sort(key=lambda k: (k != "pass@1", k))
+    return ", ".join(f"{k} {100 * summary[k]:.1f}%" for k in keys)
+
+
+def score_predictions(cfg: R1Config) -> dict[str, Any]:
+    """Score ``bench.predictions`` without generating; write eval.json and samples.jsonl."""
+    from r1pipe.benchmarks import load_predictions
+
+    b = cfg.bench
+    assert b.predictions is not None
+    t0 = time.perf_counter()
+    preds, source = load_predictions(b.predictions, b)
+    task = bench_task(cfg, source)
+    records = [
+        {
+            "id": p.id,
+            "sample": j,
+            "question": p.question,
+            "reference": p.reference,
+            "completion": text,
+            **score_completion(text, p.reference, task, gsm8k_fallback=True),
+        }
+        for p in preds
+        for j, text in enumerate(p.completions)
+    ]
+    k = min(len(p.completions) for p in preds)
+    summary: dict[str, Any] = {
+        "benchmark": b.name,
+        "predictions": source,
+        **summarize(records, k, verifier=task.verifier, tolerance=task.tolerance),
+        "max_samples_per_problem": max(len(p.completions) for p in preds),
+        "protocol": {"answer_format": b.answer_format, "verifier": b.verifier},
+        "seconds": time.perf_counter() - t0,
+    }
+    stem = Path(source).stem
+    out = _out_dir(cfg, stem, b.name or "scored")
+    write_results(out, summary, records)
+    console.print(
+        f"[bold cyan]\\[eval][/] {source}: {headline(summary)} "
+        f"({summary['num_problems']} problems, {len(records)} completions) -> {out}"
+    )
+    return summary
+
+
+def run_eval(cfg: R1Config) -> dict[str, Any]:
+    """``r1pipe eval``: generate k samples per problem with a checkpoint and score them.
+
+    Under ``torchrun`` each rank generates for its share of the problems; rank 0 writes.
+    """
+    if cfg.bench.predictions:
+        return score_predictions(cfg)
+    from r1pipe.benchmarks import load_benchmark
+
+    examples, source, bench_label = load_benchmark(cfg.bench)
+    checkpoint, label = resolve_checkpoint(cfg)
+    out = _out_dir(cfg, label, bench_label)
+    task = bench_task(cfg, source)
+    ev = cfg.eval
+
+    import torch
+
+    from r1pipe.generation.hf import HFGenerator
+    from r1pipe.models import load_model, load_tokenizer, resolve_dtype
+    from r1pipe.training.dist import DistInfo, all_gather_objects, init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist = init_distributed()
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dist = DistInfo(0, 1, 0, device)
+    log = console.print if dist.is_main else (lambda *a, **k: None)
+    tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
+    model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, dist.device))
+    model.to(dist.device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and ev.max_new_tokens > context:
+        # No model writes more than its context window; the paper's 32k would only make a
+        # small model that never stops run for hours.
+        log(f"[bold cyan]\\[eval][/] max_new_tokens {ev.max_new_tokens} -> {context} (context)")
+        ev = dataclasses.replace(ev, max_new_tokens=context)
+    generator = HFGenerator(model, tokenizer, batch_size=ev.batch_size)
+    log(
+        f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "
+        f"k={ev.num_samples}, temperature {ev.temperature}, top-p {ev.top_p}, max "
+        f"{ev.max_new_tokens} new tokens, world size {dist.world_size}"
+    )
+    shard = examples[dist.rank :: dist.world_size]
+    # Prompts in chunks so that a long evaluation shows progress.
+    chunk = max(1, ev.batch_size // ev.num_samples)
+    records: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    gen_seconds = 0.0
+    for start in range(0, len(shard), chunk):
+        s, part = evaluate(
+            generator,
+            tokenizer,
+            shard[start : start + chunk],
+            task,
+            ev,
+            seed=cfg.run.seed + 1000 * dist.rank + start,
+            gsm8k_fallback=True,
+        )
+        records += part
+        gen_seconds += s["generate_seconds"]
+        done = min(start + chunk, len(shard))
+        log(
+            f"[bold cyan]\\[eval][/] {done}/{len(shard)} problems"
+            + (" (rank 0)" if dist.world_size > 1 else "")
+            + f", {len(records) / (time.perf_counter() - t0):.2f} samples/s"
+        )
+    seconds = time.perf_counter() - t0
+    all_records = [r for part in all_gather_objects(records) for r in part]
+    if not dist.is_main:
+        return {}
+    summary: dict[str, Any] = {
+        "benchmark": bench_label,
+        "source": source,
+        "checkpoint": checkpoint,
+        "label": label,
+        **summarize(all_records, ev.num_samples, verifier=task.verifier, tolerance=task.tolerance),
+        "samples_per_s": len(all_records) / seconds,
+        "tokens_per_s": sum(r["num_tokens"] for r in all_records) / seconds,
+        "seconds": seconds,
+        "generate_seconds": gen_seconds,
+        "world_size": dist.world_size,
+        "protocol": {
+            "num_samples": ev.num_samples,
+            "temperature": ev.temperature,
+            "top_p": ev.top_p,
+            "max_new_tokens": ev.max_new_tokens,
+            "template": task.template,
+            "instruction": task.instruction,
+            "answer_format": task.answer_format,
+            "verifier": task.verifier,
+            "seed": cfg.run.seed,
+        },
+    }
+    write_results(out, summary, all_records)
+    log(
+        f"[bold cyan]\\[eval][/] {bench_label}: {headline(summary)} "
+        f"({summary['num_problems']} problems x {ev.num_samples}, "
+        f"{summary['samples_per_s']:.2f} samples/s) -> {out}"
+    )
     return summary

@@ -393,6 +393,75 @@ class EvalConfig:
         )
 
 
+R1_MATH_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+"""The DeepSeek-R1 paper's instruction for math benchmarks, appended to every problem."""
+
+
+@dataclass
+class BenchConfig:
+    """What ``r1pipe eval`` evaluates and where it writes; the stages ignore this block.
+
+    The command accepts shorthands: ``benchmark=`` (``bench.name``), ``checkpoint=``,
+    ``stage=``, ``predictions=``, ``out=``, ``limit=``, ``data_dir=``. How to sample (k,
+    temperature, top-p, length) is ``eval.*``, which ``r1pipe eval`` takes from ``eval=r1``.
+    """
+
+    name: str | None = None
+    """``gsm8k``, ``math500``, ``aime24``, ``aime25``, ``amc23`` (files under ``data_dir``), or
+    a path (JSONL/JSON/parquet/CSV file, dataset directory) or hub dataset id."""
+    data_dir: str | None = None
+    """Folder with ``NAME/test.jsonl`` per named benchmark; null: ``$R1PIPE_DATA_DIR``,
+    ``./data``, ``../shared/data``."""
+    split: str = "test"
+    """Split of a dataset directory or hub dataset."""
+    checkpoint: str | None = None
+    """HF model directory or hub id to evaluate."""
+    stage: str | None = None
+    """Evaluate this stage's checkpoint from ``run.dir``'s manifest. With neither
+    ``checkpoint`` nor ``stage``: the last completed stage of the run."""
+    predictions: str | None = None
+    """Score this JSONL file of completions instead of generating."""
+    out: str | None = None
+    """Output folder; null: ``RUN_DIR/eval/LABEL/BENCHMARK/`` (LABEL: the stage, the
+    checkpoint's folder name, or the predictions file's name)."""
+    limit: int = 0
+    """Evaluate only the first N problems (0: all)."""
+    prompt_field: str | None = None
+    """Field with the problem text; null: the benchmark's, else problem/question/prompt."""
+    answer_field: str | None = None
+    """Field with the reference; null: the benchmark's, else answer/reference/solution."""
+    reference: str | None = None
+    """How the reference is read (``field``, ``gsm8k``, ``boxed``); null: the benchmark's,
+    else ``gsm8k`` when it contains ``####``, ``boxed`` when it has a box, else ``field``."""
+    instruction: str = R1_MATH_INSTRUCTION
+    """Appended to every problem (zero-shot; the paper adds no examples)."""
+    template: str = "chat"
+    """``chat`` (the tokenizer's chat template, no system prompt) or ``r1_zero``."""
+    system_prompt: str | None = None
+    answer_format: str = "boxed"
+    """Where the final answer is: ``boxed``, ``answer_tag`` or ``auto``. A completion without
+    one falls back to a GSM8K-style last line ``#### N``."""
+    verifier: str = "math"
+    """``math`` (math-verify), ``numeric`` or ``exact``."""
+
+    def __post_init__(self) -> None:
+        from r1pipe.run_dir import STAGE_ORDER
+
+        _check(self.limit >= 0, "bench.limit", "must be >= 0")
+        _one_of(self.template, "bench.template", ("chat", "r1_zero"))
+        _one_of(self.answer_format, "bench.answer_format", ("boxed", "answer_tag", "auto"))
+        _one_of(self.verifier, "bench.verifier", ("exact", "numeric", "math"))
+        if self.reference is not None:
+            _one_of(self.reference, "bench.reference", ("field", "gsm8k", "boxed"))
+        if self.stage is not None:
+            _one_of(self.stage, "bench.stage (stage=)", STAGE_ORDER)
+        _check(
+            not (self.checkpoint and self.stage),
+            "bench.checkpoint",
+            "give checkpoint= or stage=, not both",
+        )
+
+
 @dataclass
 class R1Config:
     """The whole configuration tree."""
@@ -404,6 +473,7 @@ class R1Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     experiment: str = "tiny"
     """Name of the experiment this config came from (set by the experiment file)."""
 

@@ -27,7 +27,7 @@ from sympy.matrices import MatrixBase
 
 from r1pipe.rewards.parsing import ANSWER_FORMATS, extract_answer, split_think
 
-__all__ = ["VERIFIERS", "accuracy_reward", "math_equal", "parse_number"]
+__all__ = ["VERIFIERS", "accuracy_reward", "answer_matches", "math_equal", "parse_number"]
 
 #: The verifiers understood by :func:`accuracy_reward`.
 VERIFIERS = ("exact", "numeric", "math")
@@ -235,19 +235,35 @@ def accuracy_reward(
         prediction = extract_answer(summary, answer_format)
         if prediction is None:
             return 0.0
+        return 1.0 if answer_matches(prediction, reference, verifier, tolerance) else 0.0
+    except (Exception, TimeoutException):
+        return 0.0
+
+
+def answer_matches(
+    prediction: str, reference: Any, verifier: str = "exact", tolerance: float = 1e-6
+) -> bool:
+    """Whether an extracted answer matches a reference under ``verifier`` (see
+    :func:`accuracy_reward`, which extracts the answer first). Never raises on its inputs.
+
+    Example:
+        >>> answer_matches("$1,000", "1000", "numeric"), answer_matches("0.5", "1/2", "math")
+        (True, True)
+    """
+    if verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {verifier!r}; expected one of {VERIFIERS}")
+    try:
         ref = _reference_to_str(reference)
         if verifier == "exact":
-            ok = prediction.strip() == ref.strip()
-        elif verifier == "numeric":
+            return prediction.strip() == ref.strip()
+        if verifier == "numeric":
             pred_value = parse_number(prediction)
             ref_value = parse_number(ref)
-            ok = (
+            return (
                 pred_value is not None
                 and ref_value is not None
                 and abs(pred_value - ref_value) <= tolerance * max(1.0, abs(ref_value))
             )
-        else:
-            ok = math_equal(prediction, ref)
-        return 1.0 if ok else 0.0
+        return math_equal(prediction, ref)
     except (Exception, TimeoutException):
-        return 0.0
+        return False

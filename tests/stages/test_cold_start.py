@@ -117,6 +117,6 @@ def test_data_row_without_field(tmp_path):
 
 def test_unbuilt_commands_say_so():
     res = cli("eval")
-    assert res.returncode == 2 and "not built yet" in res.stderr
+    assert res.returncode == 2 and "benchmark= is required" in res.stderr
     res = cli("stage", "nope")
     assert res.returncode == 2 and "unknown stage 'nope'" in res.stderr
