@@ -305,8 +305,8 @@ def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
             return torch.tensor(r, dtype=torch.float32), {"accuracy": sum(r) / len(r)}, {}
 
         trainer = GRPOTrainer(ctx, rl, reward_fn)
-        if not args.allow_eos:  # generate() reads the defaults it is not given from here
-            trainer.engine.module.generation_config.min_new_tokens = rl.max_new_tokens
+        if not args.allow_eos:
+            trainer.min_new_tokens = rl.max_new_tokens
         setup_rss = _peak_rss_mib()
         total = args.warmup + args.steps
         steps: list[dict[str, float]] = []

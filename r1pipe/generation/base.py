@@ -17,6 +17,8 @@ class SamplingParams:
     top_k: int = 0
     """0 disables top-k."""
     max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    """EOS is not sampled before this many new tokens (benchmarks force full lengths)."""
     stop: list[str] = field(default_factory=list)
     """Extra stop strings (the EOS token always stops)."""
     return_logprobs: bool = False

@@ -1,11 +1,138 @@
-"""The transformers back end: batched ``generate`` with KV cache, CPU and GPU."""
+"""The transformers back end: batched sampling with a KV cache, CPU and GPU.
+
+Two decoders behind one ``generate``:
+
+* ``loop`` (default): r1pipe's own decode loop over the model's forward. The KV cache is
+  allocated once per batch at its final length and written in place (transformers'
+  ``DynamicCache`` concatenates the whole cache every token, which is quadratic copying
+  and took about half the decode time of the tiny default on CPU), a prompt is prefilled
+  once for its whole group of ``n`` completions, and finished rows are dropped from the
+  batch as it goes. Sampling (temperature, top-k, top-p, min new tokens) is done here.
+* ``generate``: ``model.generate`` of transformers, for models whose cache is not a plain
+  full-attention KV cache (sliding windows, linear attention, remote code).
+
+Both return the same thing: token ids, the sampling log-probs (of the processed
+distribution the token was drawn from) and a finish reason.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from r1pipe.generation.base import Completion, SamplingParams
+
+DECODERS = ("loop", "generate")
+
+
+class _InPlaceLayer(DynamicLayer):
+    """One layer's KV cache, allocated at its final length and filled in place."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.k_buf = key_states.new_empty(b, h, self.capacity, d)
+        self.v_buf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kw: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[-2]
+        end = self.length + q
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        self.k_buf[:, :, self.length : end] = key_states
+        self.v_buf[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+            self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.k_buf = self.k_buf.repeat_interleave(repeats, dim=0)
+            self.v_buf = self.v_buf.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+
+
+def loop_supported(model: PreTrainedModel) -> bool:
+    """True when every layer of ``model`` uses a plain full-attention KV cache."""
+    cfg = model.config.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"]
+    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+    return all(t == "full_attention" for t in types) and not sliding
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The logits the sampler draws from: temperature, then top-k, then top-p (fp32).
+
+    Filtered-out tokens get ``-inf``; ``log_softmax`` of the result is the sampling
+    distribution. Greedy (``temperature == 0``) leaves the logits as they are.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        return logits
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the first always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def decode_threads(model: PreTrainedModel, num_threads: int) -> int:
+    """Intra-op threads for decoding: ``num_threads``, or for 0 (auto) 1 on CPU for models
+    under 100M parameters (measured on the tiny default, 2 cores: one-token steps of small
+    matrices lose more to thread synchronisation than they gain), else torch's setting."""
+    if num_threads > 0:
+        return num_threads
+    p = next(model.parameters())
+    if p.device.type == "cpu" and sum(x.numel() for x in model.parameters()) < 100_000_000:
+        return 1
+    return torch.get_num_threads()
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run with ``n`` intra-op threads."""
+    if n <= 0 or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class HFGenerator:
@@ -14,9 +141,12 @@ class HFGenerator:
     Args:
         model: A causal LM (its weights are read at call time: no copy, so the trainer's
             updates are seen without a weight push).
-        tokenizer: Its tokenizer (left padding is set here for batched generation).
-        batch_size: Prompts per ``generate`` call.
+        tokenizer: Its tokenizer.
+        batch_size: Sequences (prompts x n) per decode batch.
         synced_gpus: Keep ranks in lockstep (needed when the model is ZeRO-3 partitioned).
+        decoder: ``loop`` (r1pipe's decode loop) or ``generate`` (transformers'); ``loop``
+            falls back to ``generate`` for models it does not support.
+        num_threads: Intra-op CPU threads while decoding (0: auto, see ``decode_threads``).
     """
 
     def __init__(
@@ -25,106 +155,212 @@ class HFGenerator:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 256,
         synced_gpus: bool = False,
+        decoder: str = "loop",
+        num_threads: int = 0,
     ):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         # ZeRO-3: every rank must run the same number of forward passes (parameters are
         # gathered collectively), so ranks keep stepping until all are done.
         self.synced_gpus = synced_gpus
+        self.decoder = decoder if decoder == "generate" or loop_supported(model) else "generate"
+        self.num_threads = decode_threads(model, num_threads)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         tok = self.tokenizer
-        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        # Each prompt repeated n times, consecutive, so that a group stays together.
-        flat = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
         out: list[list[Completion]] = [[] for _ in prompts]
-        greedy = params.temperature == 0
-        n_batches = -(-len(flat) // self.batch_size)
+        # whole groups per batch: a prompt's n completions share one prefill
+        per_batch = max(1, self.batch_size // max(1, params.n))
+        n_batches = -(-len(prompts) // per_batch)
         if self.synced_gpus:
             from r1pipe.training.dist import all_gather_objects
 
-            # the same number of generate calls on every rank (an empty call repeats a prompt)
+            # the same number of decode calls on every rank (a spare call repeats a prompt)
             n_batches = max(all_gather_objects(n_batches))
-        for b in range(n_batches):
-            start = b * self.batch_size
-            if start >= len(flat):
-                if not flat:
+        with _threads(self.num_threads):
+            for b in range(n_batches):
+                idx = list(range(b * per_batch, min(len(prompts), (b + 1) * per_batch)))
+                if not idx and not prompts:
                     break  # nothing to mirror; only reachable without prompts at all
-                self._mirror_call(flat[0][1], params)
-                continue
-            chunk = flat[start : start + self.batch_size]
-            enc = [tok(p, add_special_tokens=False)["input_ids"] for _, p in chunk]
-            L = max(len(e) for e in enc)
-            ids = torch.full((len(enc), L), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(enc), L), dtype=torch.long)
-            for j, e in enumerate(enc):  # left padding: generation continues at the right edge
-                ids[j, L - len(e) :] = torch.tensor(e)
-                mask[j, L - len(e) :] = 1
-            gen_kwargs = dict(
-                max_new_tokens=params.max_new_tokens,
-                do_sample=not greedy,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                return_dict_in_generate=True,
-                output_scores=params.return_logprobs,
-            )
-            if not greedy:
-                gen_kwargs.update(
-                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
-                )
-            else:
-                gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-            if params.stop:
-                gen_kwargs.update(stop_strings=params.stop, tokenizer=tok)
-            res = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs
-            )
-            new = res.sequences[:, L:].cpu()  # [b, T_new]
-            lps = None
-            if params.return_logprobs:
-                # scores are the processed logits the sampler drew from (temperature, top-p).
-                scores = torch.stack(res.scores, 1).float().log_softmax(-1).cpu()  # [b, T, V]
-                lps = scores.gather(-1, new[..., None]).squeeze(-1)
-            for j, (pi, _) in enumerate(chunk):
-                row = new[j].tolist()
-                n, reason = len(row), "length"
-                for k, t in enumerate(row):
-                    if t == tok.eos_token_id:
-                        n, reason = k + 1, "stop"  # keep EOS: it is a sampled token
-                        break
-                token_ids = row[:n]
-                text = tok.decode(
-                    [t for t in token_ids if t != tok.eos_token_id], skip_special_tokens=False
-                )
-                if reason == "length" and params.stop and any(s in text for s in params.stop):
-                    reason = "stop"
-                out[pi].append(
-                    Completion(
-                        prompt_index=pi,
-                        text=text,
-                        token_ids=token_ids,
-                        logprobs=lps[j, :n].tolist() if lps is not None else None,
-                        finish_reason=reason,
-                    )
-                )
+                mirror = not idx
+                chunk = [prompts[i] for i in idx] if idx else prompts[:1]
+                enc = [tok(p, add_special_tokens=False)["input_ids"] for p in chunk]
+                decode = self._decode_loop if self.decoder == "loop" else self._decode_generate
+                rows = decode(enc, params)
+                if mirror:
+                    continue
+                for j, (token_ids, lps) in enumerate(rows):
+                    pi = idx[j // params.n]
+                    out[pi].append(self._completion(pi, token_ids, lps, params))
         if was_training:
             self.model.train()
         return out
 
-    def _mirror_call(self, prompt: str, params: SamplingParams) -> None:
-        """A throw-away generate call so that a rank with no work keeps ZeRO-3 in step."""
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    # ---- the two decoders: prompt token ids -> n rows per prompt of (token ids, logprobs)
+
+    def _left_pad(self, enc: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for j, e in enumerate(enc):  # left padding: generation continues at the right edge
+            ids[j, width - len(e) :] = torch.tensor(e)
+            mask[j, width - len(e) :] = 1
+        return ids, mask
+
+    def _any_rank(self, flag: bool, device: torch.device) -> bool:
+        if not self.synced_gpus:
+            return flag
+        from r1pipe.training.dist import all_reduce_sum
+
+        return bool(all_reduce_sum(int(flag), device))
+
+    def _decode_loop(
+        self, enc: list[list[int]], params: SamplingParams
+    ) -> list[tuple[list[int], list[float]]]:
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        n, T = params.n, params.max_new_tokens
+        eos = tok.eos_token_id
+        ids, mask = self._left_pad(enc)
+        ids, mask = ids.to(device), mask.to(device)
+        width = ids.shape[1]
+        cache = DynamicCache(config=model.config)
+        cache.layers = [_InPlaceLayer(width + T) for _ in cache.layers]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        if n > 1:  # one prefill per prompt, then n rows each
+            cache.batch_repeat_interleave(n)
+            logits, mask, pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, pos))
+        rows = logits.shape[0]
+        # full-width buffer of mask columns, so that a step only writes one column
+        full_mask = torch.cat([mask, mask.new_zeros(rows, T)], dim=1)
+        pos = pos[:, -1:]
+        alive = torch.arange(rows, device=device)  # batch row -> output row
+        out_tokens = torch.full((rows, T), -1, dtype=torch.long)
+        out_lps = torch.zeros((rows, T))
+        lengths = torch.full((rows,), T, dtype=torch.long)
+        finished = torch.zeros(rows, dtype=torch.bool)
+        stop_texts = [""] * rows if params.stop else None
+        stop_len = max((len(s) for s in params.stop), default=0)
+        for t in range(T):
+            scores = process_logits(logits, params)
+            if t < params.min_new_tokens and eos is not None:
+                scores[:, eos] = float("-inf")
+            logp = scores.log_softmax(-1)
+            if params.temperature == 0:
+                nxt = scores.argmax(-1)
+            else:
+                nxt = torch.multinomial(logp.exp(), 1).squeeze(-1)
+            lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
+            nxt_cpu, lp_cpu, alive_cpu = nxt.cpu(), lp.cpu(), alive.cpu()
+            out_tokens[alive_cpu, t] = nxt_cpu
+            out_lps[alive_cpu, t] = lp_cpu
+            done = (nxt_cpu == eos) if eos is not None else torch.zeros_like(nxt_cpu).bool()
+            if stop_texts is not None:
+                for j, r in enumerate(alive_cpu.tolist()):
+                    piece = tok.decode([nxt_cpu[j].item()], skip_special_tokens=False)
+                    stop_texts[r] = (stop_texts[r] + piece)[-(stop_len + 32) :]
+                    if any(s in stop_texts[r] for s in params.stop):
+                        done[j] = True
+            ended = alive_cpu[done & ~finished[alive_cpu]]
+            lengths[ended], finished[ended] = t + 1, True
+            keep = ~done
+            last = t == T - 1
+            if not self._any_rank(bool(keep.any()) and not last, device):
+                break
+            if not keep.any():  # this rank is done but another is not: step one dummy row
+                keep[0] = True
+            if not keep.all():  # drop finished rows from the batch
+                sel = keep.nonzero().squeeze(-1).to(device)
+                cache.batch_select_indices(sel)
+                alive, nxt, full_mask, pos = alive[sel], nxt[sel], full_mask[sel], pos[sel]
+            full_mask[:, width + t] = 1
+            pos = pos + 1
+            logits = model(
+                input_ids=nxt[:, None],
+                attention_mask=full_mask[:, : width + t + 1],
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+        result = []
+        for r in range(rows):
+            k = int(lengths[r])
+            result.append((out_tokens[r, :k].tolist(), out_lps[r, :k].tolist()))
+        return result
+
+    def _decode_generate(
+        self, enc: list[list[int]], params: SamplingParams
+    ) -> list[tuple[list[int], list[float]]]:
+        tok = self.tokenizer
         device = next(self.model.parameters()).device
-        self.model.generate(
-            input_ids=ids.to(device),
+        enc = [e for e in enc for _ in range(params.n)]  # each prompt n times, consecutive
+        ids, mask = self._left_pad(enc)
+        greedy = params.temperature == 0
+        gen_kwargs = dict(
             max_new_tokens=params.max_new_tokens,
-            do_sample=False,
-            synced_gpus=True,
-            pad_token_id=self.tokenizer.pad_token_id,
+            min_new_tokens=params.min_new_tokens or None,
+            do_sample=not greedy,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+            synced_gpus=self.synced_gpus,
+        )
+        if not greedy:
+            gen_kwargs.update(
+                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+            )
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            gen_kwargs.update(stop_strings=params.stop, tokenizer=tok)
+        res = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs
+        )
+        new = res.sequences[:, ids.shape[1] :].cpu()  # [b, T_new]
+        # scores are the processed logits the sampler drew from (temperature, top-p).
+        scores = torch.stack(res.scores, 1).float().log_softmax(-1).cpu()  # [b, T, V]
+        lps = scores.gather(-1, new[..., None]).squeeze(-1)
+        result = []
+        for j in range(new.shape[0]):
+            row = new[j].tolist()
+            k = len(row)
+            if tok.eos_token_id in row:
+                k = row.index(tok.eos_token_id) + 1  # keep EOS: it is a sampled token
+            elif params.stop:  # a row ended by a stop string is padded after it
+                while k and row[k - 1] == tok.pad_token_id:
+                    k -= 1
+            result.append((row[:k], lps[j, :k].tolist()))
+        return result
+
+    def _completion(
+        self, pi: int, token_ids: list[int], lps: list[float], params: SamplingParams
+    ) -> Completion:
+        tok = self.tokenizer
+        eos = tok.eos_token_id
+        ended = bool(token_ids) and token_ids[-1] == eos
+        text = tok.decode([t for t in token_ids if t != eos], skip_special_tokens=False)
+        stopped = ended or (bool(params.stop) and any(s in text for s in params.stop))
+        return Completion(
+            prompt_index=pi,
+            text=text,
+            token_ids=token_ids,
+            logprobs=lps if params.return_logprobs else None,
+            finish_reason="stop" if stopped else "length",
         )

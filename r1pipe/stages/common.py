@@ -234,7 +234,15 @@ def evaluate_sharded(
 
     cfg = ctx.cfg
     shard = held_out[ctx.dist.rank :: ctx.dist.world_size]
-    gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size, synced_gpus=synced_gpus)
+    gen = HFGenerator(
+        model,
+        tokenizer,
+        batch_size=cfg.eval.batch_size,
+        synced_gpus=synced_gpus,
+        decoder=cfg.generation.decoder,
+        num_threads=cfg.generation.num_threads,
+    )
+
     t0 = time.perf_counter()
     _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)
     all_records = [r for part in all_gather_objects(records) for r in part]

@@ -208,7 +208,10 @@ class GRPOTrainer:
             self.tokenizer,
             batch_size=self.cfg.generation.batch_size,
             synced_gpus=self.zero3,
+            decoder=self.cfg.generation.decoder,
+            num_threads=self.cfg.generation.num_threads,
         )
+        self.min_new_tokens = 0  # benchmarks force full-length completions with it
         self.ref: torch.nn.Module | None = None
         if rl.kl_coef > 0:
             self.ref = self._load_reference()
@@ -286,6 +289,7 @@ class GRPOTrainer:
             top_p=rl.top_p,
             top_k=rl.top_k,
             max_new_tokens=rl.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
         )
         groups = self.generator.generate(prompts, params)
         completions = [c for g in groups for c in g]
