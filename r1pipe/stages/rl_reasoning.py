@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from r1pipe.config.schema import GRPOConfig, R1Config
+from r1pipe.config.schema import GRPOConfig, R1Config, TaskConfig
 from r1pipe.data.tasks import load_task
 from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
@@ -145,6 +145,28 @@ def build_batch(
             mask[i, P : P + n] = 1
             comp_mask[i, :n] = True
     return ids, mask, P, comp_mask
+
+
+def rule_rewards(
+    task: TaskConfig, rl: GRPOConfig, examples: list[Example], completions: list[Completion]
+) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
+    """The rule rewards weighted by ``rl.rewards``: completion ``i`` answers
+    ``examples[i // group_size]``. Returns (total [N], each reward's mean, failures)."""
+    res = compute_rewards(
+        [c.text for c in completions],
+        [examples[i // rl.group_size].reference for i in range(len(completions))],
+        dict(rl.rewards),
+        group_size=rl.group_size,
+        lengths=[len(c.token_ids) for c in completions],
+        task_verifier=task.verifier,
+        answer_format=task.answer_format,
+        tolerance=task.tolerance,
+        target_language=rl.target_language,
+        max_len=rl.max_new_tokens,
+        timeout_s=rl.reward_timeout_s,
+    )
+    means = {k: sum(v) / max(1, len(v)) for k, v in res.per_reward.items()}
+    return torch.tensor(res.total, dtype=torch.float32), means, dict(res.failures)
 
 
 class GRPOTrainer:
@@ -256,22 +278,7 @@ class GRPOTrainer:
     def rule_rewards(
         self, examples: list[Example], completions: list[Completion]
     ) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
-        rl, task = self.rl, self.cfg.task
-        res = compute_rewards(
-            [c.text for c in completions],
-            [examples[i // rl.group_size].reference for i in range(len(completions))],
-            dict(rl.rewards),
-            group_size=rl.group_size,
-            lengths=[len(c.token_ids) for c in completions],
-            task_verifier=task.verifier,
-            answer_format=task.answer_format,
-            tolerance=task.tolerance,
-            target_language=rl.target_language,
-            max_len=rl.max_new_tokens,
-            timeout_s=rl.reward_timeout_s,
-        )
-        means = {k: sum(v) / max(1, len(v)) for k, v in res.per_reward.items()}
-        return torch.tensor(res.total, dtype=torch.float32), means, dict(res.failures)
+        return rule_rewards(self.cfg.task, self.rl, examples, completions)
 
     def prompt_text(self, example: Example) -> str:
         if self._prompt_text is not None:
