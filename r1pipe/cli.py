@@ -203,6 +203,23 @@ def report(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HEL
         _fail(str(e))
 
 
+@app.command(
+    context_settings=EXTRA,
+    help="Distillation: SFT of a student (model=OPTION, model.path=..., or model.* for a tiny "
+    "one) on the accepted rejection-sft samples of run.dir= (or stage.distill.samples=FILE); "
+    "writes RUN_DIR/distill/. Not part of run-all.",
+)
+def distill(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+    try:
+        cfg, dcfg = _compose(overrides)
+        _quiet()
+        from r1pipe.stages import distill as distill_stage
+
+        distill_stage.run(cfg, dcfg)
+    except UserError as e:
+        _fail(str(e))
+
+
 def main() -> None:
     app(args=sys.argv[1:], prog_name="r1pipe")
 

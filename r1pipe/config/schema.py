@@ -311,12 +311,189 @@ class GRPOConfig:
         )
 
 
+JUDGE_PROMPT = """\
+You are grading a student's answer against the reference answer.
+Question: {question}
+Reference answer: {reference}
+Student's answer: {response}
+Is the student's final answer equivalent to the reference answer? \
+Reply with one word, correct or incorrect.
+Verdict:"""
+
+COT_PROMPT = """\
+Question: {question}
+Answer: {reference}
+Write, in a few short sentences, the reasoning that leads to this answer. \
+Write only the reasoning."""
+
+
+@dataclass
+class ReadabilityFilters:
+    """The paper's readability filters for sampled reasoning; each can be switched off."""
+
+    require_format: bool = True
+    """Reject completions that do not follow the R1 format (think block, then the answer)."""
+    mixed_language: bool = True
+    """Reject chains of thought that mix languages (script share below ``language_threshold``)."""
+    target_language: str = "en"
+    language_threshold: float = 0.95
+    max_response_tokens: int = 0
+    """Reject completions longer than this many tokens (0: only truncated ones are too long)."""
+    reject_truncated: bool = True
+    """Reject completions cut off at ``max_new_tokens``."""
+    code_in_reasoning: bool = True
+    """Reject chains of thought that contain code blocks."""
+    dedupe: bool = True
+    """Reject a completion identical (up to whitespace) to one already kept for its prompt."""
+
+    def check(self, prefix: str) -> None:
+        # target_language is checked by the stage (the language table imports the rewards).
+        p = prefix + "."
+        _check(0 <= self.language_threshold <= 1, p + "language_threshold", "must be in [0, 1]")
+        _check(self.max_response_tokens >= 0, p + "max_response_tokens", "must be >= 0")
+
+
+@dataclass
+class JudgeConfig:
+    """A generative judge that compares a completion's answer with the reference (the paper
+    used DeepSeek-V3): a causal LM by path, or any OpenAI-compatible endpoint."""
+
+    backend: str = "none"
+    """``none``, ``hf`` (a causal LM at ``path``) or ``openai`` (``base_url`` + ``model``)."""
+    path: str | None = None
+    """hf: a local HF directory or hub id."""
+    base_url: str = "http://localhost:8000/v1"
+    """openai: the API root; requests go to ``{base_url}/chat/completions``."""
+    model: str = ""
+    """openai: the model name sent with each request."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: environment variable holding the API key (unset: no Authorization header)."""
+    prompt: str = JUDGE_PROMPT
+    """The judge's user message; ``{question}``, ``{reference}`` and ``{response}`` (the
+    summary after ``</think>``) are filled in."""
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    """hf: prompts per generate call."""
+    concurrency: int = 8
+    """openai: requests in flight."""
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+    def check(self, prefix: str) -> None:
+        p = prefix + "."
+        _one_of(self.backend, p + "backend", ("none", "hf", "openai"))
+        for name in ("{reference}", "{response}"):
+            _check(name in self.prompt, p + "prompt", f"must contain {name}")
+        if self.backend == "hf":
+            _check(bool(self.path), p + "path", "is required for backend=hf")
+        if self.backend == "openai":
+            _check(bool(self.model), p + "model", "is required for backend=openai")
+            _check(
+                self.base_url.startswith(("http://", "https://")),
+                p + "base_url",
+                "must start with http:// or https://",
+            )
+        _check(self.max_new_tokens > 0, p + "max_new_tokens", "must be > 0")
+        _check(self.batch_size > 0, p + "batch_size", "must be > 0")
+        _check(self.concurrency > 0, p + "concurrency", "must be > 0")
+        _check(self.timeout_s > 0, p + "timeout_s", "must be > 0")
+        _check(self.max_retries >= 0, p + "max_retries", "must be >= 0")
+
+
+@dataclass
+class RejectionSFTConfig:
+    """Rejection sampling from the RL checkpoint, general data, then SFT (rejection-sft)."""
+
+    num_prompts: int = 0
+    """Reasoning prompts to sample for (a seeded subset of the train split; 0: all)."""
+    num_samples: int = 4
+    """Completions sampled per prompt (N)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    max_per_prompt: int = 2
+    """Accepted completions kept per prompt (K)."""
+    verify: str = "rule"
+    """Correctness: ``rule`` (the task's verifier), ``judge`` (the generative judge decides),
+    ``rule_then_judge`` (the judge re-checks what the rule rejects, e.g. free-form answers)."""
+    filters: ReadabilityFilters = field(default_factory=ReadabilityFilters)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    general_file: str | None = "general_chat.jsonl"
+    """Non-reasoning SFT data (JSONL: ``prompt``, ``response``, optional ``complex``, ``id``).
+    A name that is no file here is looked up in ``r1pipe/data/assets/``; null: none."""
+    general_mix: float = 0.25
+    """General examples per accepted reasoning sample (the paper: 200k / 600k)."""
+    min_general: int = 0
+    """At least this many general examples (rows repeat when the file is smaller)."""
+    cot_for_complex: bool = False
+    """Give general rows flagged ``complex`` a generated chain of thought; simple ones get none."""
+    cot_generator: str = "policy"
+    """Who writes that chain of thought: ``policy`` (the sampled model) or ``judge``."""
+    cot_prompt: str = COT_PROMPT
+    """judge: the user message asking for the chain of thought (``{question}``, ``{reference}``)."""
+    start: str = "base"
+    """SFT start: ``base`` (the model cold-start began from, as the paper) or ``previous``
+    (the checkpoint the samples came from)."""
+    base_path: str | None = None
+    """start=base: the base model (default: the cold-start parent in the manifest)."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def check(self, prefix: str) -> None:
+        p = prefix + "."
+        _check(self.num_prompts >= 0, p + "num_prompts", "must be >= 0")
+        _check(self.num_samples >= 1, p + "num_samples", "must be >= 1")
+        _check(self.temperature >= 0, p + "temperature", "must be >= 0")
+        _check(
+            self.num_samples == 1 or self.temperature > 0,
+            p + "temperature",
+            "must be > 0 for num_samples > 1 (greedy gives N copies)",
+        )
+        _check(0 < self.top_p <= 1, p + "top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, p + "max_new_tokens", "must be > 0")
+        _check(self.max_per_prompt >= 1, p + "max_per_prompt", "must be >= 1")
+        _one_of(self.verify, p + "verify", ("rule", "judge", "rule_then_judge"))
+        _check(
+            self.verify == "rule" or self.judge.backend != "none",
+            p + "judge.backend",
+            f"must be hf or openai for verify={self.verify}",
+        )
+        _check(self.general_mix >= 0, p + "general_mix", "must be >= 0")
+        _check(self.min_general >= 0, p + "min_general", "must be >= 0")
+        _one_of(self.cot_generator, p + "cot_generator", ("policy", "judge"))
+        _check(
+            not (self.cot_for_complex and self.cot_generator == "judge")
+            or self.judge.backend != "none",
+            p + "judge.backend",
+            "must be hf or openai for cot_generator=judge",
+        )
+        _one_of(self.start, p + "start", ("base", "previous"))
+        self.filters.check(p + "filters")
+        self.judge.check(p + "judge")
+        self.sft.check(p + "sft")
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: SFT of a student (``model.*``) on a run's accepted rejection-sft samples."""
+
+    samples: str | None = None
+    """A ``samples.jsonl`` (default: ``RUN_DIR/rejection-sft/samples.jsonl``)."""
+    include_general: bool = True
+    """Train on the accepted general (non-reasoning) rows too, not only reasoning ones."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def check(self, prefix: str) -> None:
+        self.sft.check(prefix + ".sft")
+
+
 @dataclass
 class StagesConfig:
     """Per-stage knobs, one entry per stage (``stage.cold_start.lr=...``)."""
 
     cold_start: SFTConfig = field(default_factory=SFTConfig)
     rl_reasoning: GRPOConfig = field(default_factory=GRPOConfig)
+    rejection_sft: RejectionSFTConfig = field(default_factory=RejectionSFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -481,3 +658,5 @@ class R1Config:
         # Stage blocks are reused by several stages, so they validate with their own prefix.
         self.stage.cold_start.check("stage.cold_start")
         self.stage.rl_reasoning.check("stage.rl_reasoning")
+        self.stage.rejection_sft.check("stage.rejection_sft")
+        self.stage.distill.check("stage.distill")

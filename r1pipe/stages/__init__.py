@@ -24,10 +24,16 @@ def _rl_reasoning(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     return rl_reasoning.run(cfg, dcfg)
 
 
+def _rejection_sft(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
+    from r1pipe.stages import rejection_sft
+
+    return rejection_sft.run(cfg, dcfg)
+
+
 # Stages not built yet map to None; the CLI says so instead of failing obscurely.
 STAGES: dict[str, StageFn | None] = {
     "cold-start": _cold_start,
     "rl-reasoning": _rl_reasoning,
-    "rejection-sft": None,
+    "rejection-sft": _rejection_sft,
     "rl-all": None,
 }

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -114,11 +114,17 @@ def rank_micro_batches(batch: list[int], rank: int, world: int, micro: int) -> I
         yield mine[i : i + micro]
 
 
-def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[str, Any]:
+def run_sft(
+    ctx: StageContext,
+    sft: SFTConfig,
+    examples: list[Example],
+    prompt_fn: Callable[[Example, Any], str] | None = None,
+) -> dict[str, Any]:
     """Supervised fine-tuning of ``ctx.start_model`` on ``examples`` (prompt -> response).
 
     Shared by cold-start, rejection-sft and distillation. Writes periodic checkpoints,
-    ``metrics.jsonl`` and the final HF checkpoint into ``ctx.stage_dir``.
+    ``metrics.jsonl`` and the final HF checkpoint into ``ctx.stage_dir``. ``prompt_fn(example,
+    tokenizer)`` gives an example's prompt text (default: the task's template).
     """
     cfg, dist = ctx.cfg, ctx.dist
     set_seed(cfg.run.seed)
@@ -128,7 +134,9 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
         assert e.response is not None
         data.append(
             tokenize_sft(
-                build_prompt(e.question, cfg.task, tokenizer),
+                prompt_fn(e, tokenizer)
+                if prompt_fn
+                else build_prompt(e.question, cfg.task, tokenizer),
                 e.response,
                 tokenizer,
                 sft.max_seq_len,

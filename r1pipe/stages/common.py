@@ -10,6 +10,8 @@ A stage file reads::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -98,18 +100,23 @@ class StageContext:
 
 def resolve_start_model(stage: str, cfg: R1Config, run_dir: RunDir, dist: DistInfo) -> Path | str:
     """``model.path`` if given; else the previous stage's checkpoint from the manifest; for
-    the first stage with the tiny spec, the tiny base model (built once, offline)."""
+    the first stage with the tiny spec, the tiny base model (built once, offline).
+    Distillation's student is a base model of its own (``distill-base-HASH`` for a tiny one)."""
     if cfg.model.path is not None:
         return cfg.model.path
-    if stage != "cold-start":
+    if stage not in ("cold-start", "distill"):
         parent = run_dir.parent_checkpoint(stage)
         assert parent is not None
         return parent
-    base = run_dir.path / "base-model"
+    name = "base-model"
+    if stage == "distill":  # one directory per student spec, beside the teacher's base
+        spec = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
+        name = f"distill-base-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+    base = run_dir.path / name
     if dist.is_main and not (base / "config.json").is_file():
         from r1pipe.models import save_tiny_base
 
-        tmp = run_dir.path / ".base-model.tmp"
+        tmp = run_dir.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_tiny_base(cfg.model, tmp, cfg.run.seed)
         tmp.rename(base)  # atomic: a half-built model never looks complete
