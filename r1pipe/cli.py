@@ -100,23 +100,32 @@ def stage(
     "run-all",
     context_settings=EXTRA,
     help="Run the four stages in order, each from the previous stage's checkpoint; skips "
-    "stages already completed with the same config and resumes interrupted ones.",
+    "stages already completed with the same config, resumes interrupted ones from their last "
+    "checkpoint, and refuses to retrain a completed stage whose config changed unless "
+    "--allow-changed. model.path= names the base model of cold-start.",
 )
-def run_all(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+def run_all(
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    start: str | None = typer.Option(
+        None, "--from", help="Start at this stage; the earlier ones are used as they are."
+    ),
+    only: str | None = typer.Option(None, "--only", help="Run only this stage."),
+    allow_changed: bool = typer.Option(
+        False,
+        "--allow-changed",
+        help="Retrain completed stages whose config changed (and the stages after them).",
+    ),
+) -> None:
     try:
-        cfg, dcfg = _compose([*(overrides or []), "run.skip_completed=true"])
-        from r1pipe.stages import STAGES
+        cfg, dcfg = _compose([*(overrides or []), "run.skip_completed=true", "run.chain=true"])
+        from r1pipe.stages.run_all import run_all as run_stages
 
         _quiet()
         results: dict[str, dict] = {}
         try:
-            for name, fn in STAGES.items():
-                if fn is None:
-                    raise UserError(
-                        f"run-all: stage '{name}' is not built yet in this version of r1pipe; "
-                        f"the stages before it completed (see {cfg.run.dir}/manifest.json)"
-                    )
-                results[name] = fn(cfg, dcfg)
+            run_stages(
+                cfg, dcfg, start=start, only=only, allow_changed=allow_changed, results=results
+            )
         finally:
             if results and _is_main():
                 _print_table(results)

@@ -147,6 +147,17 @@ class RunDir:
         p = Path(rel)
         return p if p.is_absolute() else self.path / p
 
+    def parent_identity(self, stage: str, parent: str) -> str:
+        """What a stage's config hash records of its input ``parent`` (a path relative to the
+        run, or a hub id): the path, and when it is the previous stage's checkpoint in this
+        run, that stage's config hash too. So retraining a stage with another config changes
+        the hash of every stage after it, and ``run-all`` retrains them instead of skipping."""
+        prev = PARENT_STAGE.get(stage)
+        entry = self.stage_entry(prev) if prev else None
+        if entry and entry.get("checkpoint") == parent and entry.get("config_hash"):
+            return f"{parent}@{entry['config_hash']}"
+        return parent
+
     def parent_checkpoint(self, stage: str) -> Path | None:
         """The checkpoint a stage starts from per the manifest (None for the first stage)."""
         parent = PARENT_STAGE.get(stage)

@@ -39,6 +39,10 @@ class RunConfig:
     """Resume a stage from its last complete periodic checkpoint when the config hash matches."""
     skip_completed: bool = False
     """Skip a stage already ``completed`` with the same config hash (``run-all`` sets it)."""
+    chain: bool = False
+    """Stages after the first start from the previous stage's checkpoint in the manifest even
+    when ``model.path`` is set (it then names the base model cold-start starts from).
+    ``run-all`` sets it; off, ``model.path`` is every stage's start (e.g. R1-Zero)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "run.dir", "must be a non-empty path")
@@ -311,6 +315,85 @@ class GRPOConfig:
         )
 
 
+@dataclass
+class RewardModelConfig:
+    """A scalar reward model for rl-all: any ``AutoModelForSequenceClassification`` with one
+    output, by local directory or hub id."""
+
+    path: str | None = None
+    """Local HF directory or hub id; null builds the tiny one offline into
+    ``RUN_DIR/reward-models/NAME`` (r1pipe/rewards/tiny_rm.py)."""
+    weight: float = 1.0
+    """Weight of its score in the reward of general prompts (0: not loaded)."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+    max_length: int = 2048
+    """Token budget per (prompt, response); longer texts keep their end."""
+    use_chat_template: bool = True
+    """Render (prompt, response) with the reward model's chat template when it has one."""
+    trust_remote_code: bool = False
+
+    def check(self, prefix: str) -> None:
+        p = prefix + "."
+        _check(self.batch_size > 0, p + "batch_size", "must be > 0")
+        _check(self.max_length > 0, p + "max_length", "must be > 0")
+        _check(self.path is None or bool(self.path.strip()), p + "path", "must not be empty")
+
+
+@dataclass
+class RLAllConfig(GRPOConfig):
+    """RL for all scenarios (rl-all): the GRPO knobs, with reasoning prompts scored by the rule
+    rewards in ``rewards`` and general prompts scored by reward models."""
+
+    general_file: str = "general_prompts.jsonl"
+    """General prompts (JSONL with ``prompt`` and ``response``); a name that is no file here is
+    looked up in ``r1pipe/data/assets/``."""
+    general_fraction: float = 0.25
+    """Share of each step's prompts drawn from the general prompts (whole prompts per rank)."""
+    general_eval_size: int = 16
+    """The first N general prompts are held out of training; the final model's greedy answers
+    to them are scored by the reward models (``general/...`` in the stage metrics)."""
+    helpfulness: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Scores only the final summary (the text after ``</think>``)."""
+    harmlessness: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Scores the whole response, reasoning included."""
+    general_rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.2})
+    """Rule rewards also given to general prompts (``format``, ``language``: no accuracy, a
+    general prompt has no reference answer)."""
+    preference_start_frac: float = 0.0
+    """General prompts, and so the preference rewards, enter at this fraction of
+    ``max_steps`` (0: from the start). The paper brought them in only for the last part of
+    training, to limit reward hacking."""
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        p = prefix + "."
+        _check(0 <= self.general_fraction <= 1, p + "general_fraction", "must be in [0, 1]")
+        _check(self.general_eval_size >= 0, p + "general_eval_size", "must be >= 0")
+        _check(
+            0 <= self.preference_start_frac < 1,
+            p + "preference_start_frac",
+            "must be in [0, 1)",
+        )
+        self.helpfulness.check(p + "helpfulness")
+        self.harmlessness.check(p + "harmlessness")
+        for name in self.general_rewards:
+            _check(
+                name in ("format", "language"),
+                p + f"general_rewards.{name}",
+                "general prompts have no reference: only format and language apply",
+            )
+        _check(
+            self.general_fraction == 0
+            or self.helpfulness.weight != 0
+            or self.harmlessness.weight != 0
+            or any(w != 0 for w in self.general_rewards.values()),
+            p + "general_fraction",
+            "> 0 needs a reward for general prompts (helpfulness/harmlessness weight or "
+            "general_rewards)",
+        )
+
+
 JUDGE_PROMPT = """\
 You are grading a student's answer against the reference answer.
 Question: {question}
@@ -494,6 +577,7 @@ class StagesConfig:
     rl_reasoning: GRPOConfig = field(default_factory=GRPOConfig)
     rejection_sft: RejectionSFTConfig = field(default_factory=RejectionSFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    rl_all: RLAllConfig = field(default_factory=RLAllConfig)
 
 
 @dataclass
@@ -660,3 +744,4 @@ class R1Config:
         self.stage.rl_reasoning.check("stage.rl_reasoning")
         self.stage.rejection_sft.check("stage.rejection_sft")
         self.stage.distill.check("stage.distill")
+        self.stage.rl_all.check("stage.rl_all")

@@ -30,10 +30,16 @@ def _rejection_sft(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     return rejection_sft.run(cfg, dcfg)
 
 
+def _rl_all(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
+    from r1pipe.stages import rl_all
+
+    return rl_all.run(cfg, dcfg)
+
+
 # Stages not built yet map to None; the CLI says so instead of failing obscurely.
 STAGES: dict[str, StageFn | None] = {
     "cold-start": _cold_start,
     "rl-reasoning": _rl_reasoning,
     "rejection-sft": _rejection_sft,
-    "rl-all": None,
+    "rl-all": _rl_all,
 }

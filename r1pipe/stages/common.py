@@ -28,7 +28,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from r1pipe.config.schema import R1Config
 from r1pipe.data.types import Example
-from r1pipe.run_dir import RunDir, atomic_write_text, config_hash, save_stage_config
+from r1pipe.run_dir import (
+    PARENT_STAGE,
+    RunDir,
+    atomic_write_text,
+    config_hash,
+    save_stage_config,
+)
 from r1pipe.training.dist import (
     DistInfo,
     all_gather_objects,
@@ -99,10 +105,11 @@ class StageContext:
 
 
 def resolve_start_model(stage: str, cfg: R1Config, run_dir: RunDir, dist: DistInfo) -> Path | str:
-    """``model.path`` if given; else the previous stage's checkpoint from the manifest; for
+    """``model.path`` if given (with ``run.chain``, only for a stage with no previous stage);
+    else the previous stage's checkpoint from the manifest; for
     the first stage with the tiny spec, the tiny base model (built once, offline).
     Distillation's student is a base model of its own (``distill-base-HASH`` for a tiny one)."""
-    if cfg.model.path is not None:
+    if cfg.model.path is not None and (not cfg.run.chain or stage not in PARENT_STAGE):
         return cfg.model.path
     if stage not in ("cold-start", "distill"):
         parent = run_dir.parent_checkpoint(stage)
@@ -133,7 +140,7 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
     barrier()
     start_model = resolve_start_model(name, cfg, run_dir, dist)
     parent = str(start_model) if not isinstance(start_model, Path) else run_dir.rel(start_model)
-    chash = config_hash(dcfg, key, parent)
+    chash = config_hash(dcfg, key, run_dir.parent_identity(name, parent))
     stage_dir = run_dir.stage_dir(name)
     resume_from: Path | None = None
     entry = run_dir.stage_entry(name)

@@ -1,0 +1,353 @@
+"""Stage 4, RL for all scenarios: GRPO on reasoning prompts (rule rewards) mixed with general
+prompts scored by reward models.
+
+Each step, in order:
+
+1. **Prompts.** ``prompts_per_step`` prompts, ``general_fraction`` of them general (whole
+   prompts, the same number on every rank) from step ``preference_start_frac * max_steps``
+   on; before that, all reasoning. The paper brought the preference rewards in only for the
+   last part of training, to limit reward hacking.
+2. **Rollout.** ``group_size`` completions per prompt at ``temperature`` (the paper: 0.7).
+3. **Reward.** Reasoning prompts: the rule rewards in ``rewards`` (accuracy, format, ...).
+   General prompts: the helpfulness reward model on the final summary only (the text after
+   ``</think>``), the harmlessness reward model on the whole response, each times its
+   weight, plus ``general_rewards`` (a think-block format rule).
+4. **Advantage and loss.** As in rl-reasoning (:class:`~r1pipe.stages.rl_reasoning.GRPOTrainer`):
+   advantages are normalised within each prompt's group, so a reward model's scale never
+   competes with the rule rewards' across prompts.
+
+``metrics.jsonl`` splits by prompt source: ``reasoning/{reward,prompts}`` and
+``reward/{accuracy,format}`` (reasoning prompts only), ``general/{reward,helpfulness,
+harmlessness,format,prompts}`` (general prompts only). At the end: the held-out reasoning
+evaluation (``eval.json``) and the reward models' mean scores of the final model's greedy
+answers to held-out general prompts (``general_helpfulness``, ... in the stage metrics,
+answers in ``eval_general.jsonl``).
+
+Starts from the ``rejection-sft`` checkpoint in the manifest (or ``model.path``). Reward
+models are any ``AutoModelForSequenceClassification`` with one output, by path
+(``stage.rl_all.helpfulness.path=...``); with ``path: null`` the tiny ones of
+:mod:`r1pipe.rewards.tiny_rm` are built into ``RUN_DIR/reward-models/``.
+
+Departures from the paper: its general data and reward models are DeepSeek-V3's; here the
+general prompts are a small shipped file (``r1pipe/data/assets/general_prompts.jsonl``) and
+the default reward models are tiny hand-set ones.
+
+Launch: ``r1pipe stage rl-all [OVERRIDES]``;
+``torchrun --nproc_per_node 2 -m r1pipe stage rl-all deepspeed=zero2``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from r1pipe.config.schema import R1Config, RewardModelConfig, RLAllConfig
+from r1pipe.data.general import general_prompt, load_general
+from r1pipe.data.tasks import load_task
+from r1pipe.data.templates import build_prompt
+from r1pipe.data.types import Example
+from r1pipe.errors import UserError
+from r1pipe.generation.base import Completion
+from r1pipe.rewards.language import language_consistency_reward
+from r1pipe.rewards.reward_model import (
+    RewardModel,
+    ScoreFn,
+    general_format_reward,
+    preference_rewards,
+)
+from r1pipe.stages.cold_start import sample_order
+from r1pipe.stages.common import (
+    StageContext,
+    begin_stage,
+    finish_stage,
+    heldout_eval,
+    stage_guard,
+)
+from r1pipe.stages.rl_reasoning import rule_rewards, run_grpo
+from r1pipe.training.dist import barrier, broadcast_object
+from r1pipe.training.metrics import read_metrics
+
+NAME, KEY = "rl-all", "rl_all"
+PREFERENCE = ("helpfulness", "harmlessness")
+
+
+def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
+    """Run the rl-all stage; return its final metrics (held-out evaluations included)."""
+    ctx = begin_stage(NAME, KEY, cfg, dcfg)
+    if ctx.skipped is not None:
+        return dict(ctx.skipped.get("metrics", {}))
+    with stage_guard(ctx):
+        rl = cfg.stage.rl_all
+        reasoning, held_out = load_task(cfg.task, cfg.run.seed)
+        general, general_held_out = split_general(rl, cfg.run.seed)
+        scorers = load_reward_models(ctx, rl)
+        mix = PromptMix(reasoning, general, rl, ctx.dist.world_size, cfg.run.seed)
+        rewards = MixedRewards(cfg, rl, ctx.dist.world_size, {e.id for e in general}, scorers)
+        ctx.log(
+            f"prompts: {len(reasoning)} reasoning, {len(general)} general "
+            f"({mix.general_per_rank(rl.max_steps - 1) * ctx.dist.world_size} a step from step "
+            f"{mix.start_step + 1}); reward models: "
+            + ", ".join(f"{k}={v.path if v else 'off'}" for k, v in scorers.items())
+        )
+        metrics = run_grpo(
+            ctx,
+            rl,
+            reasoning,
+            held_out,
+            rewards,
+            prompt_batch=mix,
+            prompt_text=lambda ex, tok: prompt_text(ex, tok, cfg, rewards.general_ids),
+        )
+        if ctx.dist.is_main:
+            last = (read_metrics(ctx.stage_dir / "metrics.jsonl") or [{}])[-1]
+            metrics.update(
+                {
+                    f"train_{k}": v
+                    for k, v in last.items()
+                    if k.startswith(("general/", "reasoning/"))
+                }
+            )
+        metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))
+        metrics.update(general_eval(ctx, ctx.final_dir, general_held_out, scorers))
+        finish_stage(ctx, metrics)
+    return metrics
+
+
+# ---- prompts --------------------------------------------------------------------------------
+
+
+def split_general(rl: RLAllConfig, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) general prompts: a seeded ``general_eval_size`` are held out."""
+    key = f"stage.{KEY}.general_file"
+    rows = load_general(rl.general_file, key)
+    examples = [Example(id=r.id, question=r.prompt, reference="") for r in rows]
+    random.Random(seed).shuffle(examples)
+    held, train = examples[: rl.general_eval_size], examples[rl.general_eval_size :]
+    if rl.general_fraction > 0 and not train:
+        raise UserError(
+            f"{key}={rl.general_file}: {len(rows)} prompts, all held out by "
+            f"stage.{KEY}.general_eval_size={rl.general_eval_size}; none left to train on"
+        )
+    return train, held
+
+
+def prompt_text(ex: Example, tokenizer: Any, cfg: R1Config, general_ids: set[str]) -> str:
+    """A general prompt gets the task's template without the task's instruction."""
+    if ex.id in general_ids:
+        return general_prompt(ex.question, cfg.task, tokenizer)
+    return build_prompt(ex.question, cfg.task, tokenizer)
+
+
+class PromptMix:
+    """``(step, round) -> the step's prompts``: every rank's share holds the same number of
+    general prompts (so per-source statistics average correctly over ranks), none before
+    ``start_step``. A pure function of the step and round, so resume needs no state."""
+
+    def __init__(
+        self,
+        reasoning: list[Example],
+        general: list[Example],
+        rl: RLAllConfig,
+        world_size: int,
+        seed: int,
+    ):
+        self.reasoning, self.general, self.rl = reasoning, general, rl
+        self.world, self.seed = world_size, seed
+        self.per_rank = rl.prompts_per_step // world_size
+        self.start_step = math.floor(rl.preference_start_frac * rl.max_steps)
+
+    def general_per_rank(self, step: int) -> int:
+        if not self.general or self.rl.general_fraction == 0 or step < self.start_step:
+            return 0
+        return min(self.per_rank, max(1, round(self.rl.general_fraction * self.per_rank)))
+
+    def __call__(self, step: int, sampling_round: int) -> list[Example]:
+        n_gen = self.general_per_rank(step)
+        n_rea = self.per_rank - n_gen
+        seed = self.seed + 1_000_003 * sampling_round  # rl-reasoning's order for reasoning
+        rea = sample_order(step, self.rl.prompts_per_step, len(self.reasoning), seed)
+        gen = sample_order(step, n_gen * self.world, len(self.general), seed + 17) if n_gen else []
+        batch: list[Example] = []
+        for r in range(self.world):
+            batch += [self.reasoning[i] for i in rea[r * n_rea : (r + 1) * n_rea]]
+            batch += [self.general[i] for i in gen[r * n_gen : (r + 1) * n_gen]]
+        return batch
+
+
+# ---- rewards --------------------------------------------------------------------------------
+
+
+def load_reward_models(ctx: StageContext, rl: RLAllConfig) -> dict[str, RewardModel | None]:
+    """The two reward models (None where the weight is 0); tiny ones are built on rank 0."""
+    from r1pipe.models import resolve_dtype
+
+    out: dict[str, RewardModel | None] = {}
+    for kind in PREFERENCE:
+        rm: RewardModelConfig = getattr(rl, kind)
+        if rm.weight == 0:
+            out[kind] = None
+            continue
+        path: str | Path | None = rm.path
+        if path is None:
+            path = ensure_tiny_reward_model(ctx, kind)
+        out[kind] = RewardModel(
+            path,
+            device=ctx.dist.device,
+            dtype=resolve_dtype(ctx.cfg.model, ctx.dist.device),
+            batch_size=rm.batch_size,
+            max_length=rm.max_length,
+            use_chat_template=rm.use_chat_template,
+            trust_remote_code=rm.trust_remote_code,
+            key=f"stage.{KEY}.{kind}.path",
+        )
+    return out
+
+
+def ensure_tiny_reward_model(ctx: StageContext, kind: str) -> Path:
+    """``RUN_DIR/reward-models/KIND``, built once (offline, milliseconds) by rank 0."""
+    from r1pipe.rewards.tiny_rm import build_tiny_reward_model
+
+    path = ctx.run_dir.path / "reward-models" / kind
+    if ctx.dist.is_main and not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny_reward_model(kind, path)
+    barrier()
+    return path
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+class MixedRewards:
+    """The reward function of rl-all: ``(examples, completions) -> (total [N], means,
+    failures)``, rule rewards for reasoning prompts and reward models for general ones.
+
+    Group ``g`` of the completions belongs to ``examples[g]``; a whole group has one source.
+    ``scorers`` are reward models (or any ``(prompts, responses) -> scores``) by name; a
+    :class:`RewardModel`'s failure count is reported and reset each call.
+    """
+
+    def __init__(
+        self,
+        cfg: R1Config,
+        rl: RLAllConfig,
+        world_size: int,
+        general_ids: set[str],
+        scorers: dict[str, ScoreFn | None],
+    ):
+        self.cfg, self.rl, self.world = cfg, rl, world_size
+        self.general_ids, self.scorers = general_ids, scorers
+
+    def __call__(
+        self, examples: list[Example], completions: list[Completion]
+    ) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
+        G, task, rl = self.rl.group_size, self.cfg.task, self.rl
+        source = [
+            "general" if examples[i // G].id in self.general_ids else "reasoning"
+            for i in range(len(completions))
+        ]
+        rea = [i for i, s in enumerate(source) if s == "reasoning"]
+        gen = [i for i, s in enumerate(source) if s == "general"]
+        total = torch.zeros(len(completions))
+        means: dict[str, float] = {
+            # global counts: every rank holds the same mix (PromptMix), and ranks are averaged
+            "reasoning/prompts": len(rea) // G * self.world,
+            "general/prompts": len(gen) // G * self.world,
+        }
+        failures: dict[str, int] = {}
+        if rea:
+            rea_total, rea_means, failures = rule_rewards(
+                task, rl, [examples[i // G] for i in rea[::G]], [completions[i] for i in rea]
+            )
+            total[rea] = rea_total
+            means.update(rea_means)
+            means["reasoning/reward"] = float(rea_total.mean())
+        if gen:
+            parts = self.general_rewards(
+                [examples[i // G].question for i in gen], [completions[i].text for i in gen]
+            )
+            weights = {**{k: getattr(rl, k).weight for k in PREFERENCE}, **rl.general_rewards}
+            gen_total = [
+                math.fsum(weights[k] * values[j] for k, values in parts.items())
+                for j in range(len(gen))
+            ]
+            total[gen] = torch.tensor(gen_total)
+            means.update({f"general/{k}": _mean(v) for k, v in parts.items()})
+            means["general/reward"] = _mean(gen_total)
+            for kind in PREFERENCE:
+                scorer = self.scorers[kind]
+                if isinstance(scorer, RewardModel):
+                    failures[kind] = scorer.failures
+                    scorer.failures = 0
+        return total, means, failures
+
+    def general_rewards(self, prompts: list[str], texts: list[str]) -> dict[str, list[float]]:
+        """Each reward of general prompts, unweighted: reward models and rule rewards."""
+        parts = preference_rewards(
+            prompts,
+            texts,
+            helpfulness=self.scorers["helpfulness"],
+            harmlessness=self.scorers["harmlessness"],
+        )
+        for name, weight in self.rl.general_rewards.items():
+            if weight == 0:
+                continue
+            if name == "format":
+                parts[name] = [general_format_reward(t) for t in texts]
+            else:  # language
+                target = self.rl.target_language
+                parts[name] = [language_consistency_reward(t, target) for t in texts]
+        return parts
+
+
+# ---- held-out general prompts ---------------------------------------------------------------
+
+
+def general_eval(
+    ctx: StageContext,
+    checkpoint: Path,
+    prompts: list[Example],
+    scorers: dict[str, RewardModel | None],
+) -> dict[str, Any]:
+    """Greedy answers of ``checkpoint`` to held-out general prompts, scored by the reward
+    models; rank 0 does it (a few prompts) and writes ``STAGE/eval_general.jsonl``."""
+    summary: dict[str, Any] = {}
+    if ctx.dist.is_main and prompts:
+        from r1pipe.generation.base import SamplingParams
+        from r1pipe.generation.hf import HFGenerator
+        from r1pipe.models import load_model, load_tokenizer, resolve_dtype
+
+        cfg = ctx.cfg
+        tokenizer = load_tokenizer(checkpoint)
+        model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
+        model.to(ctx.dist.device)
+        gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size)
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
+        texts = [
+            g[0].text
+            for g in gen.generate(
+                [general_prompt(e.question, cfg.task, tokenizer) for e in prompts], params
+            )
+        ]
+        del model
+        questions = [e.question for e in prompts]
+        parts = preference_rewards(
+            questions,
+            texts,
+            helpfulness=scorers["helpfulness"],
+            harmlessness=scorers["harmlessness"],
+        )
+        parts["format"] = [general_format_reward(t) for t in texts]
+        summary = {f"general_{k}": _mean(v) for k, v in parts.items()}
+        with (ctx.stage_dir / "eval_general.jsonl").open("w") as f:
+            for j, (q, t) in enumerate(zip(questions, texts, strict=True)):
+                row = {"prompt": q, "completion": t, **{k: v[j] for k, v in parts.items()}}
+                f.write(json.dumps(row) + "\n")
+    return broadcast_object(summary)

@@ -1,0 +1,100 @@
+"""rl-all's prompt mix and reward function, worked out by hand (no model)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from r1pipe.config import compose
+from r1pipe.data.types import Example
+from r1pipe.generation.base import Completion
+from r1pipe.stages.rl_all import MixedRewards, PromptMix
+
+REASONING = [Example(f"add-{i}", f"{i}+1=?", str(i + 1)) for i in range(20)]
+GENERAL = [Example(f"general-{i}", f"Say hello {i}.", "") for i in range(6)]
+
+
+def _rl(**overrides):
+    cfg, _ = compose(["conf=smoke"])
+    return cfg, replace(cfg.stage.rl_all, **overrides)
+
+
+def test_prompt_mix_same_share_of_general_prompts_on_every_rank_after_the_start():
+    _, rl = _rl(prompts_per_step=8, general_fraction=0.25, max_steps=10, preference_start_frac=0.5)
+    mix = PromptMix(REASONING, GENERAL, rl, world_size=2, seed=0)
+    assert mix.start_step == 5
+    for step in range(10):
+        batch = mix(step, 0)
+        assert len(batch) == 8
+        for rank in range(2):
+            share = batch[rank * 4 : (rank + 1) * 4]
+            n_general = sum(e in GENERAL for e in share)
+            assert n_general == (1 if step >= 5 else 0), (step, rank)
+    assert mix(7, 0) == mix(7, 0)  # a pure function of the step: resume needs no state
+    assert mix(7, 0) != mix(8, 0)
+
+
+def test_prompt_mix_rounds_to_at_least_one_general_prompt():
+    _, rl = _rl(prompts_per_step=4, general_fraction=0.1, preference_start_frac=0.0)
+    assert PromptMix(REASONING, GENERAL, rl, world_size=1, seed=0).general_per_rank(0) == 1
+    _, rl = _rl(prompts_per_step=4, general_fraction=0.0)
+    assert PromptMix(REASONING, GENERAL, rl, world_size=1, seed=0).general_per_rank(3) == 0
+
+
+def _completion(text: str) -> Completion:
+    return Completion(0, text, list(range(len(text))), None, "stop")
+
+
+def test_mixed_rewards_rule_rewards_for_reasoning_reward_models_for_general():
+    cfg, rl = _rl(group_size=2, rewards={"accuracy": 1.0, "format": 0.2, "language": 0.0})
+    rl.helpfulness = replace(rl.helpfulness, weight=0.5)
+    rl.harmlessness = replace(rl.harmlessness, weight=2.0)
+    shown: dict[str, list[str]] = {"helpfulness": [], "harmlessness": []}
+
+    def helpfulness(prompts, responses):
+        shown["helpfulness"] += responses
+        return [float(len(r)) for r in responses]
+
+    def harmlessness(prompts, responses):
+        shown["harmlessness"] += responses
+        return [-1.0 if "stupid" in r else 0.0 for r in responses]
+
+    rewards = MixedRewards(
+        cfg,
+        rl,
+        world_size=1,
+        general_ids={e.id for e in GENERAL},
+        scorers={"helpfulness": helpfulness, "harmlessness": harmlessness},
+    )
+    examples = [REASONING[0], GENERAL[0]]  # reference "1"; a greeting
+    texts = [
+        "<think>0+1=1</think> <answer>1</answer>",  # right, formatted: 1 + 0.2
+        "<think>0+1=2</think> <answer>2</answer>",  # wrong, formatted: 0.2
+        "<think>stupid</think> Hello!",  # summary 6 chars, harmful, formatted
+        "Hello there",  # 11 chars, no think block: format 0
+    ]
+    total, means, failures = rewards(examples, [_completion(t) for t in texts])
+    assert total.tolist() == pytest.approx(
+        [1.2, 0.2, 0.5 * 6 + 2.0 * -1.0 + 0.2 * 1.0, 0.5 * 11 + 0.0 + 0.2 * 0.0]
+    )
+    assert shown["helpfulness"] == ["Hello!", "Hello there"]  # the summary only
+    assert shown["harmlessness"] == texts[2:]  # the whole response
+    assert means["accuracy"] == 0.5 and means["format"] == 1.0  # reasoning prompts only
+    assert means["reasoning/reward"] == pytest.approx(0.7)
+    assert means["general/helpfulness"] == 8.5 and means["general/harmlessness"] == -0.5
+    assert means["general/format"] == 0.5
+    assert means["general/reward"] == pytest.approx((1.2 + 5.5) / 2)
+    assert means["reasoning/prompts"] == 1 and means["general/prompts"] == 1
+    assert failures.get("accuracy") == 0
+
+
+def test_mixed_rewards_reasoning_only_batch_has_no_general_metrics():
+    cfg, rl = _rl(group_size=2)
+    rewards = MixedRewards(
+        cfg, rl, 2, {e.id for e in GENERAL}, {"helpfulness": None, "harmlessness": None}
+    )
+    texts = ["<think>x</think> <answer>2</answer>", "no"]
+    _, means, _ = rewards([REASONING[1]], [_completion(t) for t in texts])
+    assert means["general/prompts"] == 0 and means["reasoning/prompts"] == 2  # 2 ranks
+    assert not any(k.startswith("general/") and k != "general/prompts" for k in means)
