@@ -46,6 +46,9 @@ console = Console(stderr=True)
 # (1-40 ms), and a spread of more distinct answers than this has no meaningful majority.
 MAX_VOTE_CANDIDATES = 16
 
+# Padded prompt tokens per completion slot of a generate call (see length_batches).
+PROMPT_TOKENS_PER_ROW = 512
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021).
@@ -279,8 +282,8 @@ def bench_task(cfg: R1Config, source: str) -> TaskConfig:
 
 
 def resolve_checkpoint(cfg: R1Config) -> tuple[str, str]:
-    """``(checkpoint, label)``: ``checkpoint=``, a stage of ``run.dir``, ``model.path``, or
-    the run's last completed stage."""
+    """``(checkpoint, label)``: ``checkpoint=``, a stage of ``run.dir``, or the run's last
+    completed stage. ``model.path`` is not used: experiments set it to the base model."""
     from r1pipe.run_dir import STAGE_ORDER, RunDir
 
     b = cfg.bench
@@ -298,8 +301,6 @@ def resolve_checkpoint(cfg: R1Config) -> tuple[str, str]:
                 f"(stages: {have})"
             )
         return str(run.resolve(entry["checkpoint"])), b.stage
-    if cfg.model.path:
-        return cfg.model.path, Path(cfg.model.path).name or "model"
     done = [s for s in STAGE_ORDER if stages.get(s, {}).get("status") == "completed"]
     if not done:
         raise UserError(
@@ -373,6 +374,32 @@ def score_predictions(cfg: R1Config) -> dict[str, Any]:
     return summary
 
 
+def length_batches(
+    examples: list[Example], prompt_len: dict[str, int], k: int, batch_size: int
+) -> list[list[Example]]:
+    """Problems in generate calls of similar prompt length, shortest first.
+
+    A call left-pads every prompt to its longest one (MATH-500 runs from 20 to 1,733
+    characters) and padding costs what text costs, so problems are sorted by length; a call
+    holds at most ``batch_size`` completions and ``batch_size * PROMPT_TOKENS_PER_ROW`` padded
+    prompt tokens, which keeps the attention memory of long prompts bounded.
+
+    >>> ex = [Example(str(i), "q", "a") for i in range(5)]
+    >>> lens = {"0": 900, "1": 10, "2": 20, "3": 30, "4": 1000}
+    >>> [[e.id for e in b] for b in length_batches(ex, lens, k=2, batch_size=4)]
+    [['1', '2'], ['3'], ['0'], ['4']]
+    """
+    ordered = sorted(examples, key=lambda e: prompt_len[e.id])
+    budget = batch_size * PROMPT_TOKENS_PER_ROW
+    batches: list[list[Example]] = []
+    for e in ordered:  # ascending: the newest problem is the longest of its call
+        rows = (len(batches[-1]) + 1) * k if batches else 0
+        if not batches or rows > batch_size or rows * prompt_len[e.id] > budget:
+            batches.append([])
+        batches[-1].append(e)
+    return batches
+
+
 def run_eval(cfg: R1Config) -> dict[str, Any]:
     """``r1pipe eval``: generate k samples per problem with a checkpoint and score them.
 
@@ -409,31 +436,39 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         # small model that never stops run for hours.
         log(f"[bold cyan]\\[eval][/] max_new_tokens {ev.max_new_tokens} -> {context} (context)")
         ev = dataclasses.replace(ev, max_new_tokens=context)
-    generator = HFGenerator(model, tokenizer, batch_size=ev.batch_size)
+    generator = HFGenerator(
+        model,
+        tokenizer,
+        batch_size=ev.batch_size,
+        decoder=cfg.generation.decoder,
+        num_threads=cfg.generation.num_threads,
+    )
     log(
         f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "
         f"k={ev.num_samples}, temperature {ev.temperature}, top-p {ev.top_p}, max "
         f"{ev.max_new_tokens} new tokens, world size {dist.world_size}"
     )
     shard = examples[dist.rank :: dist.world_size]
-    # Prompts in chunks so that a long evaluation shows progress.
-    chunk = max(1, ev.batch_size // ev.num_samples)
+    prompt_len = {
+        e.id: len(tokenizer(build_prompt(e.question, task, tokenizer))["input_ids"]) for e in shard
+    }
     records: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     gen_seconds = 0.0
-    for start in range(0, len(shard), chunk):
+    done = 0
+    for part_examples in length_batches(shard, prompt_len, ev.num_samples, ev.batch_size):
         s, part = evaluate(
             generator,
             tokenizer,
-            shard[start : start + chunk],
+            part_examples,
             task,
             ev,
-            seed=cfg.run.seed + 1000 * dist.rank + start,
+            seed=cfg.run.seed + 1000 * dist.rank + done,
             gsm8k_fallback=True,
         )
         records += part
         gen_seconds += s["generate_seconds"]
-        done = min(start + chunk, len(shard))
+        done += len(part_examples)
         log(
             f"[bold cyan]\\[eval][/] {done}/{len(shard)} problems"
             + (" (rank 0)" if dist.world_size > 1 else "")
@@ -443,6 +478,8 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
     all_records = [r for part in all_gather_objects(records) for r in part]
     if not dist.is_main:
         return {}
+    position = {e.id: i for i, e in enumerate(examples)}
+    all_records.sort(key=lambda r: (position[r["id"]], r["sample"]))  # the benchmark's order
     summary: dict[str, Any] = {
         "benchmark": bench_label,
         "source": source,

@@ -262,7 +262,12 @@ def evaluate_sharded(
     all_records = [r for part in all_gather_objects(records) for r in part]
     summary: dict[str, Any] = {}
     if ctx.dist.is_main:
-        summary = summarize(all_records, cfg.eval.num_samples)
+        summary = summarize(
+            all_records,
+            cfg.eval.num_samples,
+            verifier=cfg.task.verifier,
+            tolerance=cfg.task.tolerance,
+        )
         summary["seconds"] = time.perf_counter() - t0
     return broadcast_object(summary), all_records if ctx.dist.is_main else []
 

@@ -226,3 +226,36 @@ def test_bad_prediction_rows_name_file_and_line(tmp_path, lines, needle):
     with pytest.raises(UserError, match=None) as e:
         load_predictions(str(path), BenchConfig())
     assert needle in str(e.value)
+
+
+# ---- what `r1pipe eval` evaluates --------------------------------------------------------
+
+
+def test_resolve_checkpoint_from_the_run_manifest(tmp_path):
+    from r1pipe.config import compose
+    from r1pipe.errors import UserError
+    from r1pipe.evaluation import resolve_checkpoint
+
+    def resolve(*overrides):
+        cfg, _ = compose([f"run.dir={tmp_path}", *overrides])
+        return resolve_checkpoint(cfg)
+
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        resolve()
+    stages = {
+        "cold-start": {"status": "completed", "checkpoint": "cold-start/checkpoint"},
+        "rl-reasoning": {"status": "completed", "checkpoint": "rl-reasoning/checkpoint"},
+        "rejection-sft": {"status": "failed", "checkpoint": None},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}))
+    assert resolve() == (str(tmp_path / "rl-reasoning/checkpoint"), "rl-reasoning")  # the last
+    assert resolve("bench.stage=cold-start") == (
+        str(tmp_path / "cold-start/checkpoint"),
+        "cold-start",
+    )
+    with pytest.raises(UserError, match="no completed rejection-sft stage.*rejection-sft failed"):
+        resolve("bench.stage=rejection-sft")
+    assert resolve("bench.checkpoint=/m/rl-all/checkpoint") == ("/m/rl-all/checkpoint", "rl-all")
+    assert resolve("bench.checkpoint=/models/Qwen2.5-1.5B")[1] == "Qwen2.5-1.5B"
+    with pytest.raises(UserError, match="bench.stage"):
+        resolve("bench.stage=nope")
