@@ -98,6 +98,39 @@ class ModelConfig:
 
 
 @dataclass
+class CodeConfig:
+    """How the tests of a code task run (``task.verifier=code``): the sandbox of
+    ``r1pipe/rewards/sandbox.py``. The loader writes these into every problem's reference, so
+    RL, rejection sampling and evaluation run the tests the same way."""
+
+    scoring: str = "fraction"
+    """Reward: ``fraction`` (of tests passed) or ``all`` (1 only if all pass; the paper's)."""
+    timeout_s: float = 5.0
+    """Wall-clock limit of one sandbox run: all assert tests of a completion together, or one
+    stdin/stdout test. A run over it is killed and its unreported tests fail."""
+    memory_mb: int = 512
+    """Address-space limit of the program (RLIMIT_AS)."""
+    file_size_mb: int = 16
+    """Largest file, captured output included, the program may write (RLIMIT_FSIZE)."""
+    run_as: str = "auto"
+    """``auto`` (``nobody`` when r1pipe runs as root), ``current``, or a user name or uid."""
+    python: str | None = None
+    """Interpreter for the programs; null: r1pipe's own. Running as ``nobody``, it must be one
+    that user can execute (e.g. ``/usr/bin/python3``, not one under ``/root``)."""
+    command_prefix: list[str] = field(default_factory=list)
+    """Run every program under this command, e.g. ``[nsjail, --config, py.cfg, --]``;
+    ``{dir}`` becomes the run's temporary directory. The limits above still apply (set by the
+    interpreter inside); the user is then the tool's business, and so is a hard time limit."""
+
+    def __post_init__(self) -> None:
+        _one_of(self.scoring, "task.code.scoring", ("fraction", "all"))
+        _check(self.timeout_s > 0, "task.code.timeout_s", "must be > 0")
+        _check(self.memory_mb > 0, "task.code.memory_mb", "must be > 0")
+        _check(self.file_size_mb > 0, "task.code.file_size_mb", "must be > 0")
+        _check(bool(self.run_as), "task.code.run_as", "must be auto, current, a user or a uid")
+
+
+@dataclass
 class TaskConfig:
     """Data and how answers are checked."""
 
@@ -125,18 +158,24 @@ class TaskConfig:
     answer_format: str = "answer_tag"
     """Where the final answer sits in the summary: ``answer_tag`` or ``boxed``."""
     verifier: str = "exact"
-    """``exact``, ``numeric`` or ``math`` (math-verify)."""
+    """``exact``, ``numeric``, ``math`` (math-verify) or ``code`` (the program in the answer
+    runs against tests in a sandbox; ``answer_field`` then holds the tests)."""
     tolerance: float = 1e-6
     template: str = "chat"
     """``chat`` (the tokenizer's chat template) or ``r1_zero`` (the paper's R1-Zero prompt)."""
     instruction: str = ""
     """Appended to every question (e.g. the R1 "put your final answer within \\boxed{}")."""
     system_prompt: str | None = None
+    code: CodeConfig = field(default_factory=CodeConfig)
+    """Sandbox and scoring of ``verifier=code``."""
 
     def __post_init__(self) -> None:
         _one_of(self.kind, "task.kind", ("addition", "jsonl"))
         _one_of(self.answer_format, "task.answer_format", ("answer_tag", "boxed"))
-        _one_of(self.verifier, "task.verifier", ("exact", "numeric", "math"))
+        _one_of(self.verifier, "task.verifier", ("exact", "numeric", "math", "code"))
+        if self.verifier == "code":
+            _check(self.kind == "jsonl", "task.verifier", "code needs task.kind=jsonl")
+            _check(self.reference == "field", "task.reference", "must be field for code tasks")
         _one_of(self.template, "task.template", ("chat", "r1_zero"))
         _one_of(self.reference, "task.reference", ("field", "gsm8k", "boxed"))
         _check(self.eval_size > 0, "task.eval_size", "must be > 0")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from r1pipe.config.schema import TaskConfig
+from r1pipe.data.code import load_code_examples
 from r1pipe.data.synthetic import addition_splits
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
@@ -36,8 +37,10 @@ def load_task(cfg: TaskConfig, seed: int) -> tuple[list[Example], list[Example]]
         except ValueError as e:
             raise UserError(f"config error: {e}") from None
     assert cfg.train_file is not None and cfg.eval_file is not None
-    train = load_jsonl_examples(cfg.train_file, cfg, key="task.train_file")
-    held = load_jsonl_examples(cfg.eval_file, cfg, key="task.eval_file")[: cfg.eval_size]
+    # Code problems carry tests instead of an answer (r1pipe/data/code.py).
+    load = load_code_examples if cfg.verifier == "code" else load_jsonl_examples
+    train = load(cfg.train_file, cfg, key="task.train_file")
+    held = load(cfg.eval_file, cfg, key="task.eval_file")[: cfg.eval_size]
     return train, held
 
 

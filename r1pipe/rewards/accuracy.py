@@ -6,7 +6,10 @@ Three verifiers of increasing leniency:
 * ``"numeric"``: both sides parse as plain numbers, compared with a relative tolerance
   (GSM8K-style integer answers written as ``1,000``, ``$18`` or ``18.``);
 * ``"math"``: symbolic equivalence via `math_verify` (MATH-style LaTeX answers such as
-  ``\frac{1}{2}`` vs ``0.5``, intervals, sets, tuples).
+  ``\frac{1}{2}`` vs ``0.5``, intervals, sets, tuples);
+* ``"code"``: the program in the answer is run against the tests in the reference, in a
+  sandboxed process (:mod:`r1pipe.rewards.code`); the reward is the passed fraction or
+  all-or-nothing, as the reference says.
 
 The reward is 1.0 / 0.0 and never raises on bad data: during RL one malformed completion must
 not take down a whole batch. Bad *configuration* (an unknown verifier or answer format) does
@@ -25,12 +28,13 @@ from math_verify.errors import TimeoutException
 from sympy import Basic
 from sympy.matrices import MatrixBase
 
+from r1pipe.rewards.code import code_accuracy, code_passes
 from r1pipe.rewards.parsing import ANSWER_FORMATS, extract_answer, split_think
 
 __all__ = ["VERIFIERS", "accuracy_reward", "answer_matches", "math_equal", "parse_number"]
 
 #: The verifiers understood by :func:`accuracy_reward`.
-VERIFIERS = ("exact", "numeric", "math")
+VERIFIERS = ("exact", "numeric", "math", "code")
 
 # math_verify bounds each parse/compare with signal.alarm, which only works in the main thread
 # (elsewhere it raises ValueError, which would be swallowed into a silent 0.0). We keep that
@@ -195,7 +199,9 @@ def accuracy_reward(
         reference: The reference answer (a string; int/float references from JSON datasets are
             accepted and formatted, e.g. ``27.0`` -> ``"27"``).
         verifier: ``"exact"`` (equality after strip), ``"numeric"`` (see :func:`parse_number`;
-            ``|pred - ref| <= tolerance * max(1, |ref|)``) or ``"math"`` (:func:`math_equal`).
+            ``|pred - ref| <= tolerance * max(1, |ref|)``), ``"math"`` (:func:`math_equal`) or
+            ``"code"`` (:func:`~r1pipe.rewards.code.code_accuracy`: the reference is the JSON
+            test spec, the reward the fraction of tests passed or all-or-nothing).
         answer_format: Where the answer is: ``"answer_tag"``, ``"boxed"`` or ``"auto"``.
         tolerance: Relative tolerance of the numeric verifier. It is relative above 1, so with
             the default 1e-6 an integer reference of 1,450,000 also accepts 1,450,001 (this
@@ -204,11 +210,13 @@ def accuracy_reward(
 
     Returns:
         1.0 if the answer matches, else 0.0 (also for a missing answer or any error on the
-        data, e.g. ``reference=None``).
+        data, e.g. ``reference=None``); for ``"code"`` a value in [0, 1].
 
     Raises:
         ValueError: For an unknown ``verifier`` or ``answer_format`` or a negative
-            ``tolerance``: configuration errors must not masquerade as wrong answers.
+            ``tolerance``: configuration errors must not masquerade as wrong answers. With
+            ``"code"`` also for a reference that is not a test spec.
+        SandboxError: With ``"code"``, when the sandbox cannot start a program.
 
     Example:
         >>> accuracy_reward("<think>9*2</think> <answer>18</answer>", "18")
@@ -230,6 +238,10 @@ def accuracy_reward(
         )
     if not tolerance >= 0:  # also rejects NaN
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    if verifier == "code":
+        # Not under the catch-all below: a reference that is no test spec, or a sandbox that
+        # cannot start, is a setup problem that must be seen (compute_rewards counts it).
+        return code_accuracy(completion, reference, answer_format)
     try:
         _, summary = split_think(completion)
         prediction = extract_answer(summary, answer_format)
@@ -264,6 +276,8 @@ def answer_matches(
                 and ref_value is not None
                 and abs(pred_value - ref_value) <= tolerance * max(1.0, abs(ref_value))
             )
+        if verifier == "code":
+            return code_passes(prediction, ref)
         return math_equal(prediction, ref)
     except (Exception, TimeoutException):
         return False

@@ -16,6 +16,10 @@ How the protection is applied, and why not uniformly:
   replaced by a fresh one once abandoned tasks occupy all of its workers. The interpreter waits
   for running pool threads at exit, so a task that never finishes delays exit; a hard bound
   needs a process pool.
+* ``"code"`` accuracy runs each sample's program in sandboxed processes that the sandbox
+  itself kills at its time limit (:mod:`r1pipe.rewards.sandbox`), so every call ends on its
+  own; threads, one sample each, only overlap the waiting on those processes. A program that
+  times out fails its tests (reward 0); a sandbox that cannot start counts as a failure.
 * The other built-ins (``"exact"``/``"numeric"`` accuracy, format, language, the length
   rewards) are linear-time string or arithmetic work, so they are called directly under
   ``try/except``. A future per sample would cost more than the work itself (thousands of
@@ -28,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +126,29 @@ def _run_direct(
             values.append(0.0)
             failures += 1
     return values, failures
+
+
+def _run_threads(
+    fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], max_workers: int
+) -> tuple[list[float], int]:
+    """Like :func:`_run_direct`, ``max_workers`` samples at a time; only for functions that end
+    on their own (no timeout here, so nothing is abandoned)."""
+    values = [0.0] * len(calls)
+    failures = 0
+    with ThreadPoolExecutor(max_workers, thread_name_prefix="r1pipe-code") as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        for i, future in enumerate(futures):
+            try:
+                values[i] = _as_reward(future.result())
+            except Exception:
+                failures += 1
+    return values, failures
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _started_call(fn: Callable[..., Any], args: tuple[Any, ...], started: list, i: int) -> Any:
@@ -290,7 +318,9 @@ def compute_rewards(
         weights: Reward name -> weight; a built-in name or a key of ``extra``.
         group_size: Completions per prompt (>= 1).
         lengths: Length of each completion (e.g. in tokens), used by the length rewards.
-        task_verifier: Accuracy verifier: ``"exact"``, ``"numeric"`` or ``"math"``.
+        task_verifier: Accuracy verifier: ``"exact"``, ``"numeric"``, ``"math"`` or ``"code"``
+            (then each reference is the problem's JSON test spec, which also sets the sandbox
+            limits; ``timeout_s`` does not apply).
         answer_format: ``"answer_tag"``, ``"boxed"`` or ``"auto"``.
         tolerance: Relative tolerance of the numeric verifier.
         target_language: Language code of the language reward.
@@ -356,6 +386,11 @@ def compute_rewards(
             # and only makes each sample's wall-clock budget depend on its neighbours.
             values["accuracy"], failures["accuracy"] = _run_protected(
                 accuracy, pairs, timeout_s, max_in_flight=1
+            )
+        elif task_verifier == "code":
+            # One sandboxed program per CPU: more would only stretch each one's wall clock.
+            values["accuracy"], failures["accuracy"] = _run_threads(
+                accuracy, pairs, max_workers=min(_MAX_WORKERS, _cpu_count())
             )
         else:
             values["accuracy"], failures["accuracy"] = _run_direct(accuracy, pairs)

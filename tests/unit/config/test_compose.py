@@ -16,6 +16,7 @@ REQUIRED = {
     ("experiment", "r1_zero"): ["model.path=/models/x"],
     ("task", "gsm8k"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
     ("task", "math"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
+    ("task", "code"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
 }
 
 
