@@ -78,7 +78,12 @@ Caveats
       (each step is about half generation, 64 sequential decode steps of a 1M-parameter
       model over 128 rows, and half training), not how either stack does on a GPU with a
       real model or with vLLM.
-    * Both sides run with ``torch.set_num_threads(os.cpu_count())``. Other processes on the
+    * Both sides run with ``torch.set_num_threads(os.cpu_count())`` (``--threads N`` sets
+      another number for both). r1pipe's hf back end decodes with 1 thread on CPU for
+      models under 100M parameters (``generation.num_threads=0``, auto): one-token steps of
+      small matrices lose more to thread synchronisation than they gain. TRL decodes with
+      the process's threads; ``--threads 1`` puts both sides at 1 thread everywhere, which
+      isolates this choice from the rest. Other processes on the
       CPU slow a run more than their share (threads wait on a descheduled sibling): the
       ``others`` column is the CPU other processes used during the timed steps, and the script
       warns above 10%. On a shared 2-core VM runs vary by +-25% even when idle: use
@@ -526,7 +531,7 @@ def child(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     _quiet()
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         if args.model_dir is None:  # run on its own: build the model here
@@ -539,7 +544,7 @@ def child(args: argparse.Namespace) -> None:
 # ---- parent ---------------------------------------------------------------------------
 
 _FLAGS = ("steps", "warmup", "prompts", "group_size", "max_new_tokens", "lr", "seed")
-_FLAGS += ("micro_batch_size", "gen_batch_size", "model_dir")
+_FLAGS += ("micro_batch_size", "gen_batch_size", "model_dir", "threads")
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -666,6 +671,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=None, help="default: run.seed of the config")
     p.add_argument("--micro-batch-size", type=int, default=None, help="r1pipe; default: all")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads, both sides (default: all)"
+    )
     p.add_argument("--gen-batch-size", type=int, default=256, help="r1pipe generation batch")
     p.add_argument(
         "--allow-eos", action="store_true", help="let completions stop at EOS (default: forced)"

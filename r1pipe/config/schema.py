@@ -631,9 +631,17 @@ class GenerationConfig:
     """vllm: share of GPU memory for weights and KV cache (colocated with training)."""
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
+    decoder: str = "loop"
+    """hf: ``loop`` (r1pipe's decode loop: in-place KV cache, one prefill per group, finished
+    rows dropped) or ``generate`` (transformers' ``generate``)."""
+    num_threads: int = 0
+    """hf on CPU: intra-op threads while decoding; 0 = auto (1 for models under 100M
+    parameters, whose one-token steps lose more to thread sync than they gain)."""
 
     def __post_init__(self) -> None:
         _one_of(self.backend, "generation.backend", ("hf", "vllm"))
+        _one_of(self.decoder, "generation.decoder", ("loop", "generate"))
+        _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")
         _check(
             0 < self.gpu_memory_utilization <= 1,

@@ -256,7 +256,6 @@ def evaluate_sharded(
         decoder=cfg.generation.decoder,
         num_threads=cfg.generation.num_threads,
     )
-
     t0 = time.perf_counter()
     _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)
     all_records = [r for part in all_gather_objects(records) for r in part]
