@@ -106,7 +106,7 @@ def resolve_source(cfg: BenchConfig) -> tuple[str, Benchmark | None, str]:
         )
     path = Path(cfg.name).expanduser()
     if path.exists():
-        return str(path), None, path.stem if path.is_file() else path.name
+        return str(path), None, file_label(path)
     if cfg.name.count("/") == 1 and not cfg.name.startswith((".", "/", "~")):
         return cfg.name, None, cfg.name.replace("/", "__")  # a hub dataset id
     raise UserError(
@@ -158,6 +158,16 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def file_label(path: Path) -> str:
+    """A folder name for results from a file: its stem, with its folder's name when the stem
+    only names a split (``math500/test.jsonl`` -> ``math500-test``)."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    generic = path.stem in ("test", "train", "validation", "val", "dev", "eval")
+    return f"{path.parent.resolve().name}-{path.stem}" if generic else path.stem
 
 
 def read_reference(raw: Any, mode: str | None, where: str) -> str:

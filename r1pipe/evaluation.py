@@ -336,7 +336,7 @@ def headline(summary: dict[str, Any]) -> str:
 
 def score_predictions(cfg: R1Config) -> dict[str, Any]:
     """Score ``bench.predictions`` without generating; write eval.json and samples.jsonl."""
-    from r1pipe.benchmarks import load_predictions
+    from r1pipe.benchmarks import file_label, load_predictions
 
     b = cfg.bench
     assert b.predictions is not None
@@ -364,8 +364,7 @@ def score_predictions(cfg: R1Config) -> dict[str, Any]:
         "protocol": {"answer_format": b.answer_format, "verifier": b.verifier},
         "seconds": time.perf_counter() - t0,
     }
-    stem = Path(source).stem
-    out = _out_dir(cfg, stem, b.name or "scored")
+    out = _out_dir(cfg, file_label(Path(source)), b.name or "scored")
     write_results(out, summary, records)
     console.print(
         f"[bold cyan]\\[eval][/] {source}: {headline(summary)} "

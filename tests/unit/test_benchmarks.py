@@ -105,3 +105,14 @@ def test_read_reference_modes():
     assert read_reference(" 3.5 ", None, "x") == "3.5"
     with pytest.raises(UserError, match="x: reference has no"):
         read_reference("7", "boxed", "x")
+
+
+def test_file_labels_name_the_results_folder(tmp_path):
+    from r1pipe.benchmarks import file_label
+
+    (tmp_path / "amc").mkdir()
+    assert (
+        file_label(tmp_path / "amc" / "test.jsonl") == "amc-test"
+    )  # a split name alone says little
+    assert file_label(tmp_path / "amc" / "my_preds.jsonl") == "my_preds"
+    assert file_label(tmp_path / "amc") == "amc"
