@@ -115,19 +115,6 @@ def majority_vote(
     return sum(float(correct[g[0]]) for g in tied) / len(tied)
 
 
-def majority_answer(answers: list[str | None]) -> str | None:
-    """Most frequent extracted answer (ties: the one seen first); None if none was extracted.
-
-    >>> majority_answer(["3", "4", "4", None, "3"])
-    '3'
-    """
-    counts: dict[str, int] = {}
-    for a in answers:
-        if a is not None:
-            counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=lambda a: counts[a]) if counts else None
-
-
 def answer_equivalence(verifier: str, tolerance: float = 1e-6) -> Callable[[str, str], bool]:
     """``same(a, b)`` for majority voting under a task's verifier (numbers compare fast)."""
 
