@@ -35,7 +35,7 @@ from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Generator, SamplingParams
-from r1pipe.rewards import format_reward
+from r1pipe.rewards import accuracy_reward, format_reward
 from r1pipe.rewards.accuracy import answer_matches, parse_number
 from r1pipe.rewards.parsing import extract_answer, extract_gsm8k_reference, split_think
 
@@ -115,14 +115,17 @@ def majority_vote(
     return sum(float(correct[g[0]]) for g in tied) / len(tied)
 
 
-def answer_equivalence(verifier: str, tolerance: float = 1e-6) -> Callable[[str, str], bool]:
-    """``same(a, b)`` for majority voting under a task's verifier (numbers compare fast)."""
+def answer_equivalence(verifier: str, tolerance: float = 1e-6) -> Callable[[str, str], bool] | None:
+    """``same(a, b)`` for majority voting under a task's verifier; None where only equal texts
+    are the same answer (``exact``, and ``code``, whose programs are not compared)."""
+    if verifier not in ("numeric", "math"):
+        return None
 
     def same(a: str, b: str) -> bool:
         x, y = parse_number(a), parse_number(b)
-        if x is not None and y is not None:
+        if x is not None and y is not None:  # numbers compare fast, without sympy
             return abs(x - y) <= tolerance * max(1.0, abs(y))
-        return verifier != "numeric" and answer_matches(a, b, verifier, tolerance)
+        return verifier == "math" and answer_matches(a, b, "math", tolerance)
 
     return same
 
@@ -148,14 +151,24 @@ def final_answer(text: str, answer_format: str, gsm8k_fallback: bool = False) ->
 def score_completion(
     text: str, reference: str, task: TaskConfig, *, gsm8k_fallback: bool = False
 ) -> dict[str, Any]:
-    """``answer`` (extracted), ``correct`` (1.0 / 0.0) and ``format`` (R1 format reward)."""
-    answer = final_answer(text, task.answer_format, gsm8k_fallback)
-    ok = answer is not None and answer_matches(answer, reference, task.verifier, task.tolerance)
-    return {
-        "answer": answer,
-        "correct": 1.0 if ok else 0.0,
-        "format": format_reward(text, task.answer_format),
-    }
+    """``answer`` (extracted), ``correct`` and ``format`` (R1 format reward).
+
+    ``correct`` is the task's accuracy reward, so a held-out evaluation checks what training
+    rewards; ``gsm8k_fallback`` (``r1pipe eval`` only) also credits a final ``#### N`` line.
+    """
+    correct = accuracy_reward(
+        text,
+        reference,
+        verifier=task.verifier,
+        answer_format=task.answer_format,
+        tolerance=task.tolerance,
+    )
+    answer = final_answer(text, task.answer_format)
+    if answer is None and gsm8k_fallback and task.verifier != "code":
+        answer = final_answer(text, task.answer_format, gsm8k_fallback=True)
+        if answer is not None:
+            correct = float(answer_matches(answer, reference, task.verifier, task.tolerance))
+    return {"answer": answer, "correct": correct, "format": format_reward(text, task.answer_format)}
 
 
 def evaluate(

@@ -89,6 +89,8 @@ def test_majority_vote_merges_equivalent_answers():
     assert majority_vote(answers, correct, MATH) == 1.0
     # numbers written differently vote together without sympy
     assert majority_vote(["1,000", "1000", "999"], [1, 1, 0], MATH) == 1.0
+    # under the exact verifier "1,000" is another (wrong) answer than "1000": no merging
+    assert answer_equivalence("exact") is None and answer_equivalence("code") is None
 
 
 def test_summarize_hand_worked():
@@ -132,6 +134,15 @@ def test_score_completion_math_verifier():
     out = score_completion("<think>half</think> \\boxed{0.5}", "\\frac{1}{2}", task)
     assert out["answer"] == "0.5" and out["correct"] == 1.0 and out["format"] == 1.0
     assert score_completion("no box 0.5", "\\frac{1}{2}", task)["correct"] == 0.0
+
+
+def test_held_out_scoring_is_the_training_reward():
+    from r1pipe.rewards import accuracy_reward
+
+    task = TaskConfig()  # the addition task: <answer> tags, exact match
+    for text in ("<think>1+2</think> <answer>3</answer>", "<answer> 3</answer>", "3", "#### 3"):
+        got = score_completion(text, "3", task)["correct"]
+        assert got == accuracy_reward(text, "3", verifier="exact", answer_format="answer_tag")
 
 
 def _rows(name: str) -> list[dict]:
