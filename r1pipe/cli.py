@@ -4,6 +4,7 @@
     r1pipe run-all [conf=NAME|PATH] [OVERRIDES...]
     r1pipe eval [OVERRIDES...]
     r1pipe report [OVERRIDES...]
+    r1pipe distill [OVERRIDES...]
 
 OVERRIDES use Hydra's grammar (``key=value``, ``group=option``, ``+key=value``); ``conf=``
 picks an experiment (a name under ``conf/experiment/`` or a YAML path). Bad input exits
