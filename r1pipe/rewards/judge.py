@@ -245,8 +245,9 @@ class OpenAIJudge:
         return None
 
 
-def build_judge(cfg: JudgeConfig, device: Any) -> Judge:
-    """The judge ``cfg`` describes (``backend`` hf or openai), ready to call."""
+def build_judge(cfg: JudgeConfig, device: Any, decoder: str = "loop") -> Judge:
+    """The judge ``cfg`` describes (``backend`` hf or openai), ready to call; ``decoder`` is
+    the hf back end's decode loop (``generation.decoder``)."""
     if cfg.backend == "openai":
         return OpenAIJudge(
             cfg.base_url,
@@ -266,7 +267,7 @@ def build_judge(cfg: JudgeConfig, device: Any) -> Judge:
         spec = ModelConfig(name="judge", path=cfg.path)
         tokenizer = load_tokenizer(cfg.path)
         model = load_model(cfg.path, spec, dtype=resolve_dtype(spec, device)).to(device)
-        generator = HFGenerator(model, tokenizer, batch_size=cfg.batch_size)
+        generator = HFGenerator(model, tokenizer, batch_size=cfg.batch_size, decoder=decoder)
         return HFJudge(generator, tokenizer, cfg.max_new_tokens)
     raise ValueError(f"judge backend {cfg.backend!r} cannot be built")
 

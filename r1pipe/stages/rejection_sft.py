@@ -192,7 +192,9 @@ class RejectionSampler:
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            self._judge = build_judge(self.rs.judge, self.dist.device)
+            self._judge = build_judge(
+                self.rs.judge, self.dist.device, decoder=self.cfg.generation.decoder
+            )
         return self._judge
 
     def close(self) -> None:
