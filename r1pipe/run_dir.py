@@ -154,8 +154,8 @@ class RunDir:
         the hash of every stage after it, and ``run-all`` retrains them instead of skipping."""
         prev = PARENT_STAGE.get(stage)
         entry = self.stage_entry(prev) if prev else None
-        if entry and entry.get("checkpoint") == parent and entry.get("config_hash"):
-            return f"{parent}@{entry['config_hash']}"
+        if entry and entry.get("checkpoint") == parent:
+            return chained_parent(parent, entry.get("config_hash"))
         return parent
 
     def parent_checkpoint(self, stage: str) -> Path | None:
@@ -171,6 +171,11 @@ class RunDir:
                 "model.path=..."
             )
         return self.resolve(entry["checkpoint"])
+
+
+def chained_parent(parent: str, parent_hash: str | None) -> str:
+    """The parent as a stage's config hash records it: its path and, if known, its hash."""
+    return f"{parent}@{parent_hash}" if parent_hash else parent
 
 
 def save_stage_config(stage_dir: Path, cfg: DictConfig) -> None:

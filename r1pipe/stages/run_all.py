@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r1pipe.config.schema import R1Config
 from r1pipe.errors import UserError
-from r1pipe.run_dir import PARENT_STAGE, STAGE_ORDER, RunDir, config_hash
+from r1pipe.run_dir import PARENT_STAGE, STAGE_ORDER, RunDir, chained_parent, config_hash
 from r1pipe.stages import STAGES
 
 # The parts of the config a stage's hash covers (run_dir.config_hash), for naming changes.
@@ -70,12 +70,12 @@ def expected_hashes(
         if stage not in todo:
             hashes[stage] = (manifest.get(stage) or {}).get("config_hash", "")
             continue
-        if prev is None:  # cold-start: the base model (tiny, built into the run) or model.path
+        if prev is None:  # as resolve_start_model: model.path, or the tiny base built in the run
             parent = cfg.model.path if cfg.model.path is not None else "base-model"
         else:
             entry = manifest.get(prev) or {}
             parent = entry.get("checkpoint") or f"{prev}/checkpoint"
-            parent = f"{parent}@{hashes[prev]}"
+            parent = chained_parent(parent, hashes[prev])
         hashes[stage] = config_hash(dcfg, stage_key(stage), parent)
     return hashes
 
