@@ -188,3 +188,58 @@ def test_two_ranks_share_the_sampling(rsft_run, tmp_path):
     entry = manifest(run_dir)["stages"]["rejection-sft"]
     assert entry["status"] == "completed" and entry["metrics"]["reasoning_samples"] == 32
     assert [r["step"] for r in metrics(run_dir, "rejection-sft")] == [1, 2, 3]
+
+
+def test_rule_then_judge_with_an_openai_compatible_endpoint(smoke_run, tmp_path):
+    """The stage asks a (stub) OpenAI-compatible server about what the rule rejects."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Judge(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body["messages"][0]["content"])
+            reply = {"choices": [{"message": {"content": "**Verdict:** Correct."}}]}
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(reply).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run_dir = tmp_path / "r"
+        ok(
+            cli(
+                "stage",
+                "rejection-sft",
+                "conf=smoke",
+                f"run.dir={run_dir}",
+                f"model.path={smoke_run / 'cold-start' / 'checkpoint'}",
+                "stage.rejection_sft.verify=rule_then_judge",
+                "stage.rejection_sft.judge.backend=openai",
+                f"stage.rejection_sft.judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+                "stage.rejection_sft.judge.model=stub",
+                # the smoke model writes no format and never stops: let its samples reach the judge
+                "stage.rejection_sft.filters.require_format=false",
+                "stage.rejection_sft.filters.reject_truncated=false",
+                "stage.rejection_sft.filters.mixed_language=false",
+                "stage.rejection_sft.filters.code_in_reasoning=false",
+            )
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = [r for r in samples(run_dir) if r["source"] == "reasoning"]
+    judged = [r for r in rows if "judge" in r]
+    assert len(judged) == len(asked) == 32  # the rule rejected every sample of the smoke model
+    assert all(r["judge"] == "**Verdict:** Correct." and r["correct"] is True for r in judged)
+    assert {r["reason"] for r in rows} <= {"accepted", "duplicate", "over_k"}
+    assert sum(r["accepted"] for r in rows) == 16  # K=2 for each of the 8 prompts
+    m = manifest(run_dir)["stages"]["rejection-sft"]["metrics"]
+    assert m["judge_calls"] == 32 and m["judge_failed"] == 0 and m["accepted_reasoning"] == 16
+    assert "Reference answer:" in asked[0]
