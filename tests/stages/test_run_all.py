@@ -150,3 +150,23 @@ def test_sigkill_during_rl_reasoning_resumes_from_the_last_checkpoint(tmp_path):
     rows = (run_dir / "rl-reasoning" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]  # no duplicates, no restart
     assert rows[:2] == logged[:2]  # steps 1-2 are the killed run's, not redone
+
+
+@pytest.mark.slow
+def test_rl_all_on_two_ranks_counts_prompts_over_both(full_run, tmp_path):
+    src, _ = full_run
+    run_dir = tmp_path / "two"
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("rl-all"))
+    data = json.loads((run_dir / "manifest.json").read_text())
+    data["stages"].pop("rl-all")
+    (run_dir / "manifest.json").write_text(json.dumps(data))
+    ok(cli("stage", "rl-all", "conf=smoke", f"run.dir={run_dir}", "deepspeed=zero2", nproc=2))
+    rows = metrics(run_dir, "rl-all")
+    # 4 prompts a step over 2 ranks; from step 3 each rank's 2 hold 1 general prompt
+    assert [(r["reasoning/prompts"], r["general/prompts"]) for r in rows] == [
+        (4, 0),
+        (4, 0),
+        (2, 2),
+        (2, 2),
+    ]
+    assert manifest(run_dir)["stages"]["rl-all"]["status"] == "completed"
