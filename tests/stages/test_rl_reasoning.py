@@ -156,4 +156,3 @@ def test_rl_under_torchrun_zero3(rl_run, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
     assert rows[0]["generated_tokens"] > 0
     assert manifest(run_dir)["stages"]["rl-reasoning"]["status"] == "completed"
-
