@@ -136,3 +136,17 @@ def test_stop_strings_end_a_row(model_tok):
     c = out[0][0]
     assert c.finish_reason == "stop" and stop in c.text
     assert len(c.token_ids) < len(free.token_ids) and free.text.startswith(c.text)
+
+
+def test_inverse_cdf_sampling_matches_probabilities():
+    from r1pipe.generation.hf import sample_tokens
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    draws = sample_tokens(probs.expand(200_000, -1).contiguous())
+    freq = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert freq[[0, 2, 5]].sum() == 0  # zero-probability tokens are never drawn
+    torch.testing.assert_close(freq, probs, atol=0.005, rtol=0)
+    # rows are independent and follow their own distributions
+    rows = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).repeat(50, 1)
+    assert sample_tokens(rows).tolist() == [0, 2] * 50
