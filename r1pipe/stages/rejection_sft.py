@@ -279,7 +279,7 @@ class RejectionSampler:
                     answer_format=task.answer_format,
                     tolerance=task.tolerance,
                 )
-                > 0
+                >= 1.0  # verified: a code answer must pass every test, not some
                 for r in rows
             ]
         if rs.verify == "rule":
