@@ -171,3 +171,12 @@ def _first_line(e: Exception) -> str:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def has_plain_kv_cache(model: torch.nn.Module) -> bool:
+    """True when every layer of ``model`` keeps a plain full-attention KV cache (no sliding
+    window, no linear attention): what r1pipe's decode loop and shared-prompt log-probs need."""
+    cfg = model.config.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"]
+    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+    return all(t == "full_attention" for t in types) and not sliding

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from r1pipe.generation.base import Completion, SamplingParams
+from r1pipe.models import count_parameters, has_plain_kv_cache
 
 DECODERS = ("loop", "generate")
 
@@ -78,14 +79,6 @@ class _InPlaceLayer(DynamicLayer):
         self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
 
 
-def loop_supported(model: PreTrainedModel) -> bool:
-    """True when every layer of ``model`` uses a plain full-attention KV cache."""
-    cfg = model.config.get_text_config(decoder=True)
-    types = getattr(cfg, "layer_types", None) or ["full_attention"]
-    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
-    return all(t == "full_attention" for t in types) and not sliding
-
-
 def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The logits the sampler draws from: temperature, then top-k, then top-p (fp32).
 
@@ -119,7 +112,7 @@ def decode_threads(model: PreTrainedModel, num_threads: int) -> int:
     if num_threads > 0:
         return num_threads
     p = next(model.parameters())
-    small = sum(x.numel() for x in model.parameters()) < 100_000_000
+    small = count_parameters(model) < 100_000_000
     if p.device.type == "cpu" and small and os.getloadavg()[0] > (os.cpu_count() or 1):
         return 1
     return torch.get_num_threads()
@@ -179,7 +172,7 @@ class HFGenerator:
         # ZeRO-3: every rank must run the same number of forward passes (parameters are
         # gathered collectively), so ranks keep stepping until all are done.
         self.synced_gpus = synced_gpus
-        self.decoder = decoder if decoder == "generate" or loop_supported(model) else "generate"
+        self.decoder = decoder if decoder == "generate" or has_plain_kv_cache(model) else "generate"
         self.num_threads = num_threads
 
     @torch.no_grad()

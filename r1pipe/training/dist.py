@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -62,7 +63,16 @@ def init_distributed() -> DistInfo:
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False
         )
+        # Tear the process group down before the interpreter exits: left to the C++
+        # destructors, gloo's threads can abort a rank after its work is done
+        # ("terminate called without an active exception", exit -6 under torchrun).
+        atexit.register(_destroy)
     return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device)
+
+
+def _destroy() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def barrier() -> None:

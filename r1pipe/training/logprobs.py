@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from r1pipe.models import has_plain_kv_cache
+
 
 def _chunk_logprobs(
     hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, temperature: float
@@ -51,10 +53,7 @@ def _can_share(module: torch.nn.Module) -> bool:
     checkpointing turns the cache off in training) and no sliding window."""
     if getattr(module, "is_gradient_checkpointing", False) and module.training:
         return False
-    cfg = module.config.get_text_config(decoder=True)
-    types = getattr(cfg, "layer_types", None) or ["full_attention"]
-    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
-    return all(t == "full_attention" for t in types) and not sliding
+    return has_plain_kv_cache(module)
 
 
 def completion_logprobs(
