@@ -441,6 +441,7 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         batch_size=ev.batch_size,
         decoder=cfg.generation.decoder,
         num_threads=cfg.generation.num_threads,
+        fused_step=cfg.generation.fused_step,
     )
     log(
         f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "

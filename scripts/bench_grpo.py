@@ -9,7 +9,10 @@ What is measured
     ==================  =================================================================
     model               the tiny default of ``compose([])`` (the character-level Qwen2,
                         fp32, sdpa attention), built once with ``save_tiny_base(..., seed
-                        0)`` into a temporary directory that both sides load; untrained
+                        0)`` into a temporary directory that both sides load; untrained.
+                        ``--cold-start-steps N``: instead, the tiny default's cold-start
+                        SFT trained for N steps (``r1pipe stage cold-start``), the model
+                        rl-reasoning starts from; ``--model DIR``: any checkpoint
     prompts             the synthetic addition train split, chat template: r1pipe's
                         ``build_prompt`` text and TRL's conversational prompt render to the
                         same token ids (checked: ``same_prompt_ids``); the very same
@@ -26,7 +29,8 @@ What is measured
                         generate and train on exactly prompts x G x 64 tokens;
                         ``--allow-eos`` lets completions stop at EOS (lengths then differ)
     objective           clipped ratio, epsilon 0.2 both ways, no KL and no reference model
-                        (r1pipe ``kl_coef=0``, TRL ``beta=0``), ``mu`` / ``num_iterations``
+                        (r1pipe ``kl_coef=0``, TRL ``beta=0``; ``--kl-coef`` sets both: k3
+                        KL to a frozen reference on both sides), ``mu`` / ``num_iterations``
                         1, token-mean aggregation (r1pipe ``token-mean`` = TRL ``dapo``),
                         advantages scaled by the group std
     reward              exact-match accuracy, r1pipe's ``accuracy_reward``, the same
@@ -72,6 +76,12 @@ How to run
     About 20 seconds per side and repeat on 2 idle CPU cores with the defaults (about 2
     seconds per step); ``--repeat N`` runs each side N times, round-robin, and shows the
     fastest run of each (interference only ever slows a run down).
+
+    ``--tiny-default`` is the setting rl-reasoning of the tiny default actually runs in: its
+    cold-start checkpoint (trained first, about 1.5 minutes, unless ``--model``), completions
+    that end at EOS (at most 96 tokens; about 57 on average), KL 0.1 to the cold-start model.
+    The completions then differ in length and in number of tokens between the sides (each
+    samples its own); the table shows both.
 
 Caveats
     * A tiny model on CPU: the numbers say how much framework overhead costs at this scale
@@ -168,7 +178,7 @@ def _overrides(args: argparse.Namespace, run_dir: str | None = None) -> list[str
         f"{rl}mu=1",
         f"{rl}clip_eps_low=0.2",
         f"{rl}clip_eps_high=0.2",
-        f"{rl}kl_coef=0.0",
+        f"{rl}kl_coef={args.kl_coef}",
         f"{rl}loss_aggregation=token-mean",
         f"{rl}scale_rewards_std=true",
         f"{rl}dynamic_sampling=false",
@@ -261,6 +271,8 @@ def _finish(
         "lr": rl.lr,
         "seed": cfg.run.seed,
         "allow_eos": args.allow_eos,
+        "kl_coef": args.kl_coef,
+        "model": args.model_label,
         "threads": torch.get_num_threads(),
         "seconds": seconds,
         "step_s_mean": statistics.fmean(step_s),
@@ -456,7 +468,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             top_p=rl.top_p, top_k=rl.top_k, learning_rate=rl.lr, lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=rl.weight_decay, adam_beta1=rl.adam_beta1,
             adam_beta2=rl.adam_beta2, adam_epsilon=rl.adam_eps,
-            max_grad_norm=rl.max_grad_norm, optim="adamw_torch", beta=0.0,
+            max_grad_norm=rl.max_grad_norm, optim="adamw_torch", beta=args.kl_coef,
             num_iterations=rl.mu, epsilon=rl.clip_eps_low, epsilon_high=rl.clip_eps_high,
             loss_type="dapo", scale_rewards="group", mask_truncated_completions=False,
             use_vllm=False, use_cpu=True, bf16=False, fp16=False,
@@ -523,6 +535,19 @@ def _build_model(model_dir: Path, seed: int) -> None:
     save_tiny_base(compose([])[0].model, model_dir, seed)
 
 
+def _cold_start(run_dir: Path, steps: int) -> str:
+    """The tiny default's cold-start SFT (``r1pipe stage cold-start``, ``steps`` steps) into
+    ``run_dir``; returns its checkpoint directory (the model rl-reasoning starts from)."""
+    cmd = [sys.executable, "-m", "r1pipe", "stage", "cold-start", f"run.dir={run_dir}"]
+    cmd += [f"stage.cold_start.max_steps={steps}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    ckpt = run_dir / "cold-start" / "checkpoint"
+    if proc.returncode != 0 or not ckpt.is_dir():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        sys.exit(f"[bench] cold-start failed (exit {proc.returncode}):\n{tail}")
+    return str(ckpt)
+
+
 def child(args: argparse.Namespace) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -544,7 +569,7 @@ def child(args: argparse.Namespace) -> None:
 # ---- parent ---------------------------------------------------------------------------
 
 _FLAGS = ("steps", "warmup", "prompts", "group_size", "max_new_tokens", "lr", "seed")
-_FLAGS += ("micro_batch_size", "gen_batch_size", "model_dir", "threads")
+_FLAGS += ("micro_batch_size", "gen_batch_size", "model_dir", "threads", "kl_coef", "model_label")
 
 
 def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -603,10 +628,21 @@ def parent(args: argparse.Namespace) -> None:
         sys.exit(TRL_MISSING)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
-        if args.model_dir is None:  # built once; every child loads the same files
+        if args.model_dir is None and args.cold_start_steps:
+            print(
+                f"[bench] training a cold-start checkpoint ({args.cold_start_steps} steps) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            args.model_dir = _cold_start(Path(tmp) / "run", args.cold_start_steps)
+            args.model_label = f"cold-start checkpoint, {args.cold_start_steps} SFT steps"
+        elif args.model_dir is None:  # built once; every child loads the same files
             print("[bench] building the tiny model ...", file=sys.stderr, flush=True)
             args.model_dir = str(Path(tmp) / "model")
             _build_model(Path(args.model_dir), 0)
+            args.model_label = "untrained"
+        else:
+            args.model_label = args.model_label or args.model_dir
         for _ in range(args.repeat):  # round-robin, so that a slow spell hits every config
             for n in names:
                 runs[n].append(_run_child(n, args))
@@ -618,7 +654,8 @@ def parent(args: argparse.Namespace) -> None:
     print(
         f"\nGRPO step, CPU, {r0['threads']} threads: tiny model fp32, {r0['prompts']} prompts x "
         f"G={r0['group_size']}, {r0['max_new_tokens']} new tokens"
-        f"{' (EOS allowed)' if r0['allow_eos'] else ' (forced)'}, lr {r0['lr']}, "
+        f"{' (EOS allowed)' if r0['allow_eos'] else ' (forced)'}, KL {r0['kl_coef']}, "
+        f"model: {r0['model']}, lr {r0['lr']}, "
         f"{r0['steps']} timed steps after {r0['warmup']} warmup, seed {r0['seed']}; "
         f"torch {r0['torch']}, transformers {r0['transformers']}"
     )
@@ -678,12 +715,40 @@ def main() -> None:
     p.add_argument(
         "--allow-eos", action="store_true", help="let completions stop at EOS (default: forced)"
     )
+    p.add_argument(
+        "--kl-coef", type=float, default=0.0, help="KL to a reference (r1pipe kl_coef, TRL beta)"
+    )
+    p.add_argument(
+        "--model",
+        "--model-dir",
+        dest="model_dir",
+        default=None,
+        help="a checkpoint both sides load (default: the untrained tiny model)",
+    )
+    p.add_argument(
+        "--cold-start-steps",
+        type=int,
+        default=0,
+        help="train the tiny default's cold-start SFT for N steps first and load that",
+    )
+    p.add_argument(
+        "--tiny-default",
+        action="store_true",
+        help="the tiny default's RL setting: its cold-start checkpoint (trained here unless "
+        "--model), completions ending at EOS (at most 96 tokens), KL 0.1",
+    )
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     p.add_argument("--repeat", type=int, default=1, help="runs per config; the fastest is shown")
     p.add_argument("--out", default=None, help="write all results as JSON here")
-    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-label", default=None, help=argparse.SUPPRESS)
     p.add_argument("--only", choices=CONFIGS, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.tiny_default:
+        args.allow_eos, args.max_new_tokens, args.kl_coef = True, 96, 0.1
+        if args.model_dir is None and not args.cold_start_steps:
+            from r1pipe.config.compose import compose
+
+            args.cold_start_steps = compose([])[0].stage.cold_start.max_steps
     if min(args.steps, args.prompts, args.repeat, args.max_new_tokens) < 1 or args.warmup < 0:
         p.error("--steps, --prompts, --max-new-tokens and --repeat must be >= 1, --warmup >= 0")
     if args.group_size < 2:

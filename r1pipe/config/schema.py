@@ -637,6 +637,10 @@ class GenerationConfig:
     num_threads: int = 0
     """hf on CPU: intra-op threads while decoding; 0 = auto (1 for models under 100M
     parameters, whose one-token steps lose more to thread sync than they gain)."""
+    fused_step: bool = True
+    """hf ``loop``: decode steps of Qwen2/Llama/Mistral models under 1B parameters (not
+    ZeRO-3) in r1pipe's fused step (one q/k/v product with rotary embedding folded in, one
+    gate/up product, prompt keys read once per group); false: the model's own forward."""
 
     def __post_init__(self) -> None:
         _one_of(self.backend, "generation.backend", ("hf", "vllm"))

@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from r1pipe.generation import fused
 from r1pipe.generation.base import Completion, SamplingParams
 from r1pipe.models import count_parameters, has_plain_kv_cache
 
@@ -153,6 +154,9 @@ class HFGenerator:
         decoder: ``loop`` (r1pipe's decode loop) or ``generate`` (transformers'); ``loop``
             falls back to ``generate`` for models it does not support.
         num_threads: Intra-op CPU threads while decoding (0: auto, see ``decode_threads``).
+        fused_step: ``loop``: decode steps of supported models (Qwen2, Llama, Mistral under
+            1B parameters, not ZeRO-3) with :class:`r1pipe.generation.fused.FusedStep`
+            instead of the model's forward (the prefill always uses the forward).
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class HFGenerator:
         synced_gpus: bool = False,
         decoder: str = "loop",
         num_threads: int = 0,
+        fused_step: bool = True,
     ):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -174,6 +179,7 @@ class HFGenerator:
         self.synced_gpus = synced_gpus
         self.decoder = decoder if decoder == "generate" or has_plain_kv_cache(model) else "generate"
         self.num_threads = num_threads
+        self.fused_step = fused_step
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -238,8 +244,11 @@ class HFGenerator:
         ids, mask = self._left_pad(enc)
         ids, mask = ids.to(device), mask.to(device)
         width = ids.shape[1]
+        fused_ok = self.fused_step and not self.synced_gpus and fused.supported(model)
         cache = DynamicCache(config=model.config)
-        cache.layers = [_InPlaceLayer(width + T) for _ in cache.layers]
+        # the fused step keeps the prompts' keys and values as they are and the completions'
+        # in its own buffers; the model's forward appends to one per-row buffer
+        cache.layers = [_InPlaceLayer(width + (0 if fused_ok else T)) for _ in cache.layers]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
             input_ids=ids,
@@ -249,8 +258,14 @@ class HFGenerator:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        if n > 1:  # one prefill per prompt, then n rows each
+        step = None
+        if fused_ok:
+            prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
+            last_pos = pos[:, -1].repeat_interleave(n)
+            step = fused.FusedStep(model, prompt_kv, mask, n, last_pos, T)
+        elif n > 1:  # one prefill per prompt, then n rows each
             cache.batch_repeat_interleave(n)
+        if n > 1:
             logits, mask, pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, pos))
         rows = logits.shape[0]
         # full-width buffer of mask columns, so that a step only writes one column
@@ -293,8 +308,14 @@ class HFGenerator:
                 keep[0] = True
             if not keep.all():  # drop finished rows from the batch
                 sel = keep.nonzero().squeeze(-1).to(device)
-                cache.batch_select_indices(sel)
+                if step is not None:
+                    step.select(sel)
+                else:
+                    cache.batch_select_indices(sel)
                 alive, nxt, full_mask, pos = alive[sel], nxt[sel], full_mask[sel], pos[sel]
+            if step is not None:
+                logits = step.step(nxt, t)
+                continue
             full_mask[:, width + t] = 1
             pos = pos + 1
             logits = model(

@@ -255,6 +255,7 @@ def evaluate_sharded(
         synced_gpus=synced_gpus,
         decoder=cfg.generation.decoder,
         num_threads=cfg.generation.num_threads,
+        fused_step=cfg.generation.fused_step,
     )
     t0 = time.perf_counter()
     _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)

@@ -186,6 +186,7 @@ class RejectionSampler:
             batch_size=cfg.generation.batch_size,
             decoder=cfg.generation.decoder,
             num_threads=cfg.generation.num_threads,
+            fused_step=cfg.generation.fused_step,
         )
         return cls(cfg, rs, dist, policy, tokenizer)
 

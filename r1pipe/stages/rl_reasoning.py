@@ -67,7 +67,7 @@ from r1pipe.stages.common import (
 )
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
-from r1pipe.training.logprobs import completion_logprobs
+from r1pipe.training.logprobs import BUCKET_OVERHEAD_TOKENS, completion_logprobs
 
 NAME, KEY = "rl-reasoning", "rl_reasoning"
 
@@ -225,6 +225,9 @@ class GRPOTrainer:
             gradient_checkpointing=self.cfg.model.gradient_checkpointing,
         )
         self.zero3 = self.cfg.deepspeed.zero_stage == 3
+        # length groups make a data-dependent number of forward passes; ZeRO-3 ranks must
+        # make the same ones (parameters are gathered collectively), so there: one group
+        self._bucket_overhead = None if self.zero3 else BUCKET_OVERHEAD_TOKENS
         self.generator = HFGenerator(
             self.engine.module,
             self.tokenizer,
@@ -232,6 +235,7 @@ class GRPOTrainer:
             synced_gpus=self.zero3,
             decoder=self.cfg.generation.decoder,
             num_threads=self.cfg.generation.num_threads,
+            fused_step=self.cfg.generation.fused_step,
         )
         self.min_new_tokens = 0  # benchmarks force full-length completions with it
         self.ref: torch.nn.Module | None = None
@@ -408,6 +412,7 @@ class GRPOTrainer:
                 prompt_len,
                 temperature=self.rl.temperature,
                 chunk_size=self.rl.logprob_chunk_size,
+                bucket_overhead=self._bucket_overhead,
             )
             out.append(lp.float().cpu())
         return out
@@ -439,6 +444,7 @@ class GRPOTrainer:
                 P,
                 temperature=rl.temperature,
                 chunk_size=rl.logprob_chunk_size,
+                bucket_overhead=self._bucket_overhead,
             )
             old = mb.get("old_logprobs", logprobs.detach())
             out = policy_loss(

@@ -8,6 +8,11 @@ Rows that share a prompt (a GRPO group: G completions of one prompt, consecutive
 prompt through the model once: the prompt pass keeps its KV cache, which is indexed out to
 every row of the group, and the completions attend to it (gradients flow back through the
 shared prompt pass). The result equals running every row in full.
+
+Completions of one batch differ in length (a GRPO batch of the tiny default: 40 to 96
+tokens), and a padded batch computes every row to the longest one. With ``bucket_overhead`` set,
+rows are run in groups of similar completion length (:func:`length_buckets`), each padded
+only to its own longest row; the result is put back in row order, unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +34,51 @@ def _chunk_logprobs(
     probs = torch.softmax(logits, dim=-1)
     entropy = logz - (probs * logits).sum(-1)
     return logp, entropy
+
+
+# What one more forward/backward call costs, in padded token positions: a call of the tiny
+# default costs about 7 ms of fixed per-op overhead on a 2-core CPU where a position costs
+# about 70 us (fwd + bwd). Larger models make positions dearer and calls relatively cheaper.
+BUCKET_OVERHEAD_TOKENS = 100
+
+
+def length_buckets(
+    lengths: list[int], overhead: int = BUCKET_OVERHEAD_TOKENS, max_buckets: int | None = None
+) -> list[list[int]]:
+    """Rows grouped so that each group is padded only to its own longest row.
+
+    The groups are contiguous runs of the rows sorted by length, chosen (exactly, by
+    dynamic programming over the distinct lengths) to minimise the padded area
+    ``sum(rows x longest)`` plus ``overhead`` per group, with at most ``max_buckets`` groups.
+    Returns row indices per group, shortest rows first; every row is in exactly one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if not order:
+        return []
+    vals = [max(1, lengths[i]) for i in order]
+    # candidate cut points: the end of each run of equal lengths
+    ends = [j + 1 for j in range(len(vals)) if j + 1 == len(vals) or vals[j + 1] != vals[j]]
+    k_max = min(len(ends), max_buckets or len(ends))
+    inf = float("inf")
+    # best[k][e]: cost of the first ends[e] rows in k groups; arg remembers the previous cut
+    best = [[inf] * len(ends) for _ in range(k_max + 1)]
+    arg = [[-1] * len(ends) for _ in range(k_max + 1)]
+    for e, end in enumerate(ends):
+        best[1][e] = end * vals[end - 1] + overhead
+    for k in range(2, k_max + 1):
+        for e in range(len(ends)):
+            for c in range(e):
+                cost = best[k - 1][c] + (ends[e] - ends[c]) * vals[ends[e] - 1] + overhead
+                if cost < best[k][e]:
+                    best[k][e], arg[k][e] = cost, c
+    last = len(ends) - 1
+    k = min(range(1, k_max + 1), key=lambda k: best[k][last])
+    cuts, e = [], last
+    while k > 0:
+        cuts.append(ends[e])
+        e, k = arg[k][e], k - 1
+    cuts = [0, *reversed(cuts)]
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _shared_prompts(
@@ -65,6 +115,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 2048,
     share_prompts: bool = True,
+    bucket_overhead: int | None = BUCKET_OVERHEAD_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of the completion tokens.
 
@@ -76,6 +127,10 @@ def completion_logprobs(
         temperature: The sampling temperature (log-probs are of the tempered distribution).
         chunk_size: Rows of ``[rows, vocab]`` logits computed at a time.
         share_prompts: Run each distinct prompt once when rows share it (see above).
+        bucket_overhead: Run rows in groups of similar completion length (see above), with
+            this cost per group in padded positions; None: all rows at once. Every call
+            then makes a number of forward passes that depends on the data: keep it off
+            where ranks must make the same calls (ZeRO-3 gathers parameters collectively).
 
     Returns:
         ``logprobs [N, T]`` and ``entropy [N, T]`` (entropy carries no gradient).
@@ -83,6 +138,12 @@ def completion_logprobs(
     module = getattr(model, "module", model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     decoder = module.get_decoder()
+    N, width = input_ids.shape
+    T = width - prompt_len
+    comp_len = attention_mask[:, prompt_len:].sum(1).tolist()
+    groups = [] if bucket_overhead is None else length_buckets(comp_len, bucket_overhead)
+    if len(groups) <= 1:
+        groups = [list(range(N))]  # all rows in their own order, at full width
     shared = _shared_prompts(input_ids, attention_mask, prompt_len) if share_prompts else None
     if shared is not None and _can_share(module):
         # position t predicts token t + 1: the first completion token comes from the last
@@ -95,33 +156,70 @@ def completion_logprobs(
             use_cache=True,
         )
         cache = pre.past_key_values
-        for layer in cache.layers:  # every row gets its prompt's keys and values
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
-        rest = decoder(
-            input_ids=input_ids[:, prompt_len:],
-            attention_mask=attention_mask,
-            position_ids=position_ids[:, prompt_len:],
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state  # [N, T, H]
-        last = pre.last_hidden_state[:, -1:].index_select(0, index)  # [N, 1, H]
-        h = torch.cat([last, rest[:, :-1]], dim=1)  # [N, T, H]
+        prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
+
+        def hidden(rows: torch.Tensor, t: int) -> torch.Tensor:
+            idx = index[rows]
+            for layer, (k, v) in zip(cache.layers, prompt_kv, strict=True):
+                # every row gets its prompt's keys and values (a fresh copy per group)
+                layer.keys, layer.values = k.index_select(0, idx), v.index_select(0, idx)
+            end = prompt_len + t
+            rest = decoder(
+                input_ids=input_ids[rows, prompt_len:end],
+                attention_mask=attention_mask[rows, :end],
+                position_ids=position_ids[rows, prompt_len:end],
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state  # [n, t, H]
+            last = pre.last_hidden_state[:, -1:].index_select(0, idx)  # [n, 1, H]
+            return torch.cat([last, rest[:, :-1]], dim=1)  # [n, t, H]
+
     else:
-        hidden = decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state  # [N, P + T, H]
-        # position t predicts token t + 1: completion tokens P..P+T-1 come from P-1..P+T-2
-        h = hidden[:, prompt_len - 1 : -1]  # [N, T, H]
-    targets = input_ids[:, prompt_len:]  # [N, T]
-    N, T, H = h.shape
-    flat_h, flat_t = h.reshape(N * T, H), targets.reshape(N * T)
+
+        def hidden(rows: torch.Tensor, t: int) -> torch.Tensor:
+            end = prompt_len + t
+            out = decoder(
+                input_ids=input_ids[rows, :end],
+                attention_mask=attention_mask[rows, :end],
+                position_ids=position_ids[rows, :end],
+                use_cache=False,
+            ).last_hidden_state  # [n, P + t, H]
+            # position t predicts token t + 1: completion tokens P.. come from P-1..
+            return out[:, prompt_len - 1 : -1]  # [n, t, H]
+
     head = module.get_output_embeddings()
     lps, ents = [], []
-    for s in range(0, N * T, chunk_size):
+    for group in groups:
+        rows = torch.tensor(group, device=input_ids.device)
+        t = max(1, max(comp_len[i] for i in group)) if len(groups) > 1 else T
+        h = hidden(rows, t)
+        lp, ent = _head_logprobs(
+            h, input_ids[rows, prompt_len : prompt_len + t], head, temperature, chunk_size
+        )
+        lps.append(torch.nn.functional.pad(lp, (0, T - t)))
+        ents.append(torch.nn.functional.pad(ent, (0, T - t)))
+    if len(groups) == 1:
+        return lps[0], ents[0]
+    inverse = torch.empty(N, dtype=torch.long, device=input_ids.device)
+    inverse[torch.tensor([i for g in groups for i in g], device=input_ids.device)] = torch.arange(
+        N, device=input_ids.device
+    )
+    return torch.cat(lps).index_select(0, inverse), torch.cat(ents).index_select(0, inverse)
+
+
+def _head_logprobs(
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    head: torch.nn.Module,
+    temperature: float,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and (detached) entropies of ``targets [n, t]`` from hidden states
+    ``h [n, t, H]``, ``chunk_size`` rows of logits at a time."""
+    n, t, H = h.shape
+    flat_h, flat_t = h.reshape(n * t, H), targets.reshape(n * t)
+    lps, ents = [], []
+    for s in range(0, n * t, chunk_size):
         hc, tc = flat_h[s : s + chunk_size], flat_t[s : s + chunk_size]
         if torch.is_grad_enabled() and hc.requires_grad:
             lp, ent = checkpoint(_chunk_logprobs, hc, head, tc, temperature, use_reentrant=False)
@@ -129,4 +227,4 @@ def completion_logprobs(
             lp, ent = _chunk_logprobs(hc, head, tc, temperature)
         lps.append(lp)
         ents.append(ent.detach())
-    return torch.cat(lps).view(N, T), torch.cat(ents).view(N, T)
+    return torch.cat(lps).view(n, t), torch.cat(ents).view(n, t)
