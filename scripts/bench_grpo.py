@@ -119,6 +119,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,7 +247,6 @@ def _finish(
     """The result record. ``steps``: per timed step ``step``, ``generate``, ``reward``,
     ``train`` seconds and ``gen_tokens``, ``loss_tokens``; ``window``: its start and end;
     ``cpu``: :func:`_cpu_snapshot` at the start and the end of the window."""
-    import statistics
 
     import torch
     import transformers
@@ -679,12 +679,30 @@ def parent(args: argparse.Namespace) -> None:
         )
         if not b.get("same_prompt_ids"):
             print("WARNING: TRL's prompt token ids differ from r1pipe's", file=sys.stderr)
+        if a["kl_coef"]:
+            print(
+                "note: TRL computes the reference log-probs while scoring the completions (its "
+                "'other' column), r1pipe in 'train'",
+                file=sys.stderr,
+            )
         if a["gen_tokens_per_step"] != b["gen_tokens_per_step"]:
             print("note: the sides generated different numbers of tokens", file=sys.stderr)
     if args.repeat > 1:
         print(f"\nfastest of {args.repeat} runs per config; s/step of every run:")
         for n in names:
             print(f"  {n:<7} " + "  ".join(f"{r['step_s_mean']:.2f}" for r in runs[n]))
+        if "r1pipe" in runs and "trl" in runs:
+            # each round ran the two sides back to back: its ratio is less exposed to the
+            # machine's slow spells (minutes long on a shared VM) than fastest-vs-fastest
+            pairs = [
+                t["step_s_mean"] / r["step_s_mean"]
+                for r, t in zip(runs["r1pipe"], runs["trl"], strict=True)
+            ]
+            print(
+                "speed-up of each round (TRL / r1pipe, back to back): "
+                + "  ".join(f"{x:.2f}x" for x in pairs)
+                + f"; median {statistics.median(pairs):.2f}x"
+            )
     busy = [r["config"] for r in results if r["other_cpu"] > 0.1]
     if busy:
         print(

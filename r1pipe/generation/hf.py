@@ -272,47 +272,57 @@ class HFGenerator:
         full_mask = torch.cat([mask, mask.new_zeros(rows, T)], dim=1)
         pos = pos[:, -1:]
         alive = torch.arange(rows, device=device)  # batch row -> output row
-        out_tokens = torch.full((rows, T), -1, dtype=torch.long)
-        out_lps = torch.zeros((rows, T))
+        # per step: the batch's sampled tokens, their log-probs and output rows; written into
+        # [rows, T] once at the end (two scatters per step cost more than the bookkeeping)
+        step_tokens: list[torch.Tensor] = []
+        step_lps: list[torch.Tensor] = []
+        step_rows: list[torch.Tensor] = []
         lengths = torch.full((rows,), T, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
         stop_texts = [""] * rows if params.stop else None
         stop_len = max((len(s) for s in params.stop), default=0)
         for t in range(T):
             scores = process_logits(logits, params)
-            if t < params.min_new_tokens and eos is not None:
+            eos_allowed = eos is not None and t >= params.min_new_tokens
+            if eos is not None and not eos_allowed:
                 scores[:, eos] = float("-inf")
             logp = scores.log_softmax(-1)
             if params.temperature == 0:
                 nxt = scores.argmax(-1)
             else:
                 nxt = sample_tokens(logp.exp())
-            lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
-            nxt_cpu, lp_cpu, alive_cpu = nxt.cpu(), lp.cpu(), alive.cpu()
-            out_tokens[alive_cpu, t] = nxt_cpu
-            out_lps[alive_cpu, t] = lp_cpu
-            done = (nxt_cpu == eos) if eos is not None else torch.zeros_like(nxt_cpu).bool()
+            step_tokens.append(nxt)
+            step_lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+            step_rows.append(alive)
+            done = (nxt == eos).cpu() if eos_allowed else None
             if stop_texts is not None:
-                for j, r in enumerate(alive_cpu.tolist()):
-                    piece = tok.decode([nxt_cpu[j].item()], skip_special_tokens=False)
+                if done is None:
+                    done = torch.zeros(nxt.shape[0], dtype=torch.bool)
+                for j, (r, tid) in enumerate(zip(alive.tolist(), nxt.tolist(), strict=True)):
+                    piece = tok.decode([tid], skip_special_tokens=False)
                     stop_texts[r] = (stop_texts[r] + piece)[-(stop_len + 32) :]
                     if any(s in stop_texts[r] for s in params.stop):
                         done[j] = True
-            ended = alive_cpu[done & ~finished[alive_cpu]]
-            lengths[ended], finished[ended] = t + 1, True
-            keep = ~done
-            last = t == T - 1
-            if not self._any_rank(bool(keep.any()) and not last, device):
+            ending = done is not None and bool(done.any())
+            keep = None
+            if ending:
+                alive_cpu = alive.cpu()
+                ended = alive_cpu[done & ~finished[alive_cpu]]
+                lengths[ended], finished[ended] = t + 1, True
+                keep = ~done
+            running = keep is None or bool(keep.any())
+            if not self._any_rank(running and t < T - 1, device):
                 break
-            if not keep.any():  # this rank is done but another is not: step one dummy row
-                keep[0] = True
-            if not keep.all():  # drop finished rows from the batch
-                sel = keep.nonzero().squeeze(-1).to(device)
-                if step is not None:
-                    step.select(sel)
-                else:
-                    cache.batch_select_indices(sel)
-                alive, nxt, full_mask, pos = alive[sel], nxt[sel], full_mask[sel], pos[sel]
+            if keep is not None:
+                if not running:  # this rank is done but another is not: step one dummy row
+                    keep[0] = True
+                if not keep.all():  # drop finished rows from the batch
+                    sel = keep.nonzero().squeeze(-1).to(device)
+                    if step is not None:
+                        step.select(sel)
+                    else:
+                        cache.batch_select_indices(sel)
+                    alive, nxt, full_mask, pos = alive[sel], nxt[sel], full_mask[sel], pos[sel]
             if step is not None:
                 logits = step.step(nxt, t)
                 continue
@@ -325,6 +335,13 @@ class HFGenerator:
                 past_key_values=cache,
                 use_cache=True,
             ).logits[:, -1]
+        out_tokens = torch.full((rows, T), -1, dtype=torch.long)
+        out_lps = torch.zeros((rows, T))
+        sizes = torch.tensor([len(r) for r in step_rows])
+        cols = torch.repeat_interleave(torch.arange(len(step_rows)), sizes)
+        where = (torch.cat(step_rows).cpu(), cols)
+        out_tokens[where] = torch.cat(step_tokens).cpu()
+        out_lps[where] = torch.cat(step_lps).float().cpu()
         result = []
         for r in range(rows):
             k = int(lengths[r])
