@@ -14,7 +14,7 @@ if sys.argv[1] == "keep":
 for _ in range(8):  # 64 MiB blocks: the heap settles to hold one (a few trims first)
     x = torch.empty(64 << 18); x.fill_(1.0); del x
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(20):
     x = torch.empty(64 << 18); x.fill_(1.0); del x
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -28,6 +28,9 @@ def test_freed_blocks_are_reused_without_page_faults():
         )
         return int(out.stdout.strip().splitlines()[-1])
 
-    # 5 x 64 MiB = 80k pages of 4 KiB: glibc's default unmaps each block when it is freed
-    assert faults("default") > 40_000
-    assert faults("keep") < 2_000
+    # 20 x 64 MiB = 320k pages of 4 KiB: glibc's default unmaps each block when it is freed
+    # and faults it all in again; kept, a block is reused (glibc may still trim the heap
+    # now and then: seen once in a loaded test run, one block in five faulted again)
+    default, keep = faults("default"), faults("keep")
+    assert default > 200_000
+    assert keep < default / 4
