@@ -8,6 +8,9 @@ Two decoders behind one ``generate``:
   and took about half the decode time of the tiny default on CPU), a prompt is prefilled
   once for its whole group of ``n`` completions, and finished rows are dropped from the
   batch as it goes. Sampling (temperature, top-k, top-p, min new tokens) is done here.
+  For Qwen2/Llama/Mistral models the decode steps (not the prefill) run in
+  :class:`r1pipe.generation.fused.FusedStep`, which computes the same logits in fewer,
+  larger operations and reads each prompt's keys and values once per group.
 * ``generate``: ``model.generate`` of transformers, for models whose cache is not a plain
   full-attention KV cache (sliding windows, linear attention, remote code).
 
