@@ -5,7 +5,7 @@ per step. Through the model's own forward, a step of the tiny default is about 4
 operations per layer (masks, rotary tables, norms, reshapes), each with a fixed CPU cost
 that outweighs its arithmetic. This module runs the same step of a ``Qwen2``, ``Llama``
 or ``Mistral`` causal LM (full attention, SiLU MLP, RMSNorm, rotary embeddings) with the
-weights rearranged once per generate call:
+weights rearranged once per generate call (:class:`FusedWeights`):
 
 * q, k and v come from one matrix product, together with q and k already rotated by
   half a head (``rotate_half`` is linear, so it is folded into copies of the weights):
@@ -74,56 +74,20 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-class FusedStep:
-    """Decode steps for one batch: ``n`` rows per prompt, after the prompts' prefill.
+class FusedWeights:
+    """A model's weights rearranged for :class:`FusedStep`, once per generate call (they are
+    read then, so the trainer's updates are seen; every batch of the call shares them)."""
 
-    Args:
-        model: The causal LM (:func:`supported`).
-        prompt_kv: Per layer, the prompts' keys and values ``[prompts, kv_heads, W, D]``
-            (rotary embedding applied, as the model's cache holds them).
-        prompt_mask: ``[prompts, W]``, 0 on left padding.
-        n: Rows per prompt (consecutive).
-        last_pos: ``[prompts * n]`` position id of each row's last prompt token.
-        max_new_tokens: Steps this batch can take (the completion cache's length).
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        prompt_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        prompt_mask: torch.Tensor,
-        n: int,
-        last_pos: torch.Tensor,
-        max_new_tokens: int,
-    ):
-        self.model = model
+    def __init__(self, model: torch.nn.Module):
         inner = model.model
         cfg = model.config
         self.H, self.KV = cfg.num_attention_heads, cfg.num_key_value_heads
-        first = inner.layers[0].self_attn
-        self.D = first.head_dim
-        self.n = n
+        self.D = inner.layers[0].self_attn.head_dim
         self.embed = inner.embed_tokens
         self.head = model.get_output_embeddings()
+        self.rotary = inner.rotary_emb
         self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
         self.layers = [self._prepare(layer) for layer in inner.layers]
-        self.prompt_kv = prompt_kv
-        P, W = prompt_mask.shape
-        self.P, self.W = P, W
-        dtype = prompt_kv[0][0].dtype
-        self.prompt_bias = torch.zeros(P, 1, 1, W, dtype=dtype, device=prompt_mask.device)
-        self.prompt_bias.masked_fill_(prompt_mask[:, None, None] == 0, float("-inf"))
-        rows = P * n
-        kv_shape = (rows, self.KV, max_new_tokens, self.D)
-        self.cache = [(k.new_empty(kv_shape), v.new_empty(kv_shape)) for k, v in prompt_kv]
-        self.alive = torch.arange(rows, device=prompt_mask.device)  # batch row -> row
-        self.all_alive = True
-        # rotary tables for every position a completion token can take: [positions, D]
-        end = int(last_pos.max()) + max_new_tokens + 1
-        positions = torch.arange(end, device=prompt_mask.device)[None]
-        cos, sin = inner.rotary_emb(prompt_kv[0][0], positions)
-        self.cos, self.sin = cos[0], sin[0]
-        self.last_pos = last_pos
 
     def _prepare(self, layer: torch.nn.Module) -> tuple:
         a, mlp = layer.self_attn, layer.mlp
@@ -147,6 +111,49 @@ class FusedStep:
             (mlp.down_proj.weight, mlp.down_proj.bias),
         )
 
+
+class FusedStep:
+    """Decode steps for one batch: ``n`` rows per prompt, after the prompts' prefill.
+
+    Args:
+        weights: The model's :class:`FusedWeights` (the model: :func:`supported`).
+        prompt_kv: Per layer, the prompts' keys and values ``[prompts, kv_heads, W, D]``
+            (rotary embedding applied, as the model's cache holds them).
+        prompt_mask: ``[prompts, W]``, 0 on left padding.
+        n: Rows per prompt (consecutive).
+        last_pos: ``[prompts * n]`` position id of each row's last prompt token.
+        max_new_tokens: Steps this batch can take (the completion cache's length).
+    """
+
+    def __init__(
+        self,
+        weights: FusedWeights,
+        prompt_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        prompt_mask: torch.Tensor,
+        n: int,
+        last_pos: torch.Tensor,
+        max_new_tokens: int,
+    ):
+        self.w = weights
+        self.n = n
+        self.prompt_kv = prompt_kv
+        P, W = prompt_mask.shape
+        self.P, self.W = P, W
+        dtype = prompt_kv[0][0].dtype
+        self.prompt_bias = torch.zeros(P, 1, 1, W, dtype=dtype, device=prompt_mask.device)
+        self.prompt_bias.masked_fill_(prompt_mask[:, None, None] == 0, float("-inf"))
+        rows = P * n
+        kv_shape = (rows, weights.KV, max_new_tokens, weights.D)
+        self.cache = [(k.new_empty(kv_shape), v.new_empty(kv_shape)) for k, v in prompt_kv]
+        self.alive = torch.arange(rows, device=prompt_mask.device)  # batch row -> row
+        self.all_alive = True
+        # rotary tables for every position a completion token can take: [positions, D]
+        end = int(last_pos.max()) + max_new_tokens + 1
+        positions = torch.arange(end, device=prompt_mask.device)[None]
+        cos, sin = weights.rotary(prompt_kv[0][0], positions)
+        self.cos, self.sin = cos[0], sin[0]
+        self.last_pos = last_pos
+
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these batch rows (indices into the current batch)."""
         self.alive = self.alive[keep]
@@ -155,14 +162,15 @@ class FusedStep:
 
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Logits ``[rows, V]`` after feeding ``tokens [rows]`` as completion token ``t``."""
-        H, KV, D = self.H, self.KV, self.D
+        w = self.w
+        H, KV, D = w.H, w.KV, w.D
         R = tokens.shape[0]
         g = H // KV
         qk_width = (H + KV) * D
         pos = self.last_pos[self.alive] + 1 + t
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [R, 1, D]
-        x = self.embed(tokens)
-        for li, (ln1, w_qkv, b_qkv, o, ln2, gu, down) in enumerate(self.layers):
+        x = w.embed(tokens)
+        for li, (ln1, w_qkv, b_qkv, o, ln2, gu, down) in enumerate(w.layers):
             qkv = F.linear(_rms(x, *ln1), w_qkv, b_qkv)
             qk = qkv[:, :qk_width].view(R, H + KV, D)
             qk_rot = qkv[:, qk_width : 2 * qk_width].view(R, H + KV, D)
@@ -175,7 +183,7 @@ class FusedStep:
             x = x + F.linear(attn.reshape(R, H * D), *o)
             gate, up = F.linear(_rms(x, *ln2), *gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, *down)
-        return self.head(_rms(x, *self.norm))
+        return w.head(_rms(x, *w.norm))
 
     def _attend(self, li: int, q: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor) -> torch.Tensor:
         """Attention of ``q [R, KV, g, D]`` over its prompt (shared by the group) and its own

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -81,6 +82,46 @@ class _InPlaceLayer(DynamicLayer):
 
     def _views(self) -> None:
         self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+
+
+class _ForwardStep:
+    """Decode steps through the model's own forward, for one batch after its prefill: each
+    row's KV cache (the prompt's, repeated ``n`` times, then the completion) in place, the
+    attention mask one column per step. Same interface as ``fused.FusedStep``."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        n: int,
+        max_new_tokens: int,
+    ):
+        if n > 1:  # one prefill per prompt, then n rows each
+            cache.batch_repeat_interleave(n)
+            mask, pos = mask.repeat_interleave(n, dim=0), pos.repeat_interleave(n, dim=0)
+        self.model, self.cache, self.width = model, cache, mask.shape[1]
+        # full-width buffer of mask columns, so that a step only writes one column
+        self.full_mask = torch.cat([mask, mask.new_zeros(mask.shape[0], max_new_tokens)], 1)
+        self.pos = pos[:, -1:]
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only these batch rows (indices into the current batch)."""
+        self.cache.batch_select_indices(keep)
+        self.full_mask, self.pos = self.full_mask[keep], self.pos[keep]
+
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits ``[rows, V]`` after feeding ``tokens [rows]`` as completion token ``t``."""
+        self.full_mask[:, self.width + t] = 1
+        self.pos = self.pos + 1
+        return self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.full_mask[:, : self.width + t + 1],
+            position_ids=self.pos,
+            past_key_values=self.cache,
+            use_cache=True,
+        ).logits[:, -1]
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -182,7 +223,10 @@ class HFGenerator:
         self.synced_gpus = synced_gpus
         self.decoder = decoder if decoder == "generate" or has_plain_kv_cache(model) else "generate"
         self.num_threads = num_threads
-        self.fused_step = fused_step
+        # decided once: ZeRO-3 partitioning and the parameter count do not change
+        self.fused = (
+            self.decoder == "loop" and fused_step and not synced_gpus and fused.supported(model)
+        )
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -200,6 +244,11 @@ class HFGenerator:
 
             # the same number of decode calls on every rank (a spare call repeats a prompt)
             n_batches = max(all_gather_objects(n_batches))
+        if self.decoder == "loop":  # fused weights from the current parameters, once a call
+            weights = fused.FusedWeights(self.model) if self.fused else None
+            decode = partial(self._decode_loop, weights=weights)
+        else:
+            decode = self._decode_generate
         with _threads(decode_threads(self.model, self.num_threads)):
             for b in range(n_batches):
                 idx = list(range(b * per_batch, min(len(prompts), (b + 1) * per_batch)))
@@ -208,7 +257,6 @@ class HFGenerator:
                 mirror = not idx
                 chunk = [prompts[i] for i in idx] if idx else prompts[:1]
                 enc = [tok(p, add_special_tokens=False)["input_ids"] for p in chunk]
-                decode = self._decode_loop if self.decoder == "loop" else self._decode_generate
                 rows = decode(enc, params)
                 if mirror:
                     continue
@@ -238,7 +286,7 @@ class HFGenerator:
         return bool(all_reduce_sum(int(flag), device))
 
     def _decode_loop(
-        self, enc: list[list[int]], params: SamplingParams
+        self, enc: list[list[int]], params: SamplingParams, weights: fused.FusedWeights | None
     ) -> list[tuple[list[int], list[float]]]:
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
@@ -247,11 +295,11 @@ class HFGenerator:
         ids, mask = self._left_pad(enc)
         ids, mask = ids.to(device), mask.to(device)
         width = ids.shape[1]
-        fused_ok = self.fused_step and not self.synced_gpus and fused.supported(model)
         cache = DynamicCache(config=model.config)
         # the fused step keeps the prompts' keys and values as they are and the completions'
         # in its own buffers; the model's forward appends to one per-row buffer
-        cache.layers = [_InPlaceLayer(width + (0 if fused_ok else T)) for _ in cache.layers]
+        capacity = width if weights is not None else width + T
+        cache.layers = [_InPlaceLayer(capacity) for _ in cache.layers]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
             input_ids=ids,
@@ -261,19 +309,16 @@ class HFGenerator:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        step = None
-        if fused_ok:
+        step: fused.FusedStep | _ForwardStep
+        if weights is not None:
             prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
             last_pos = pos[:, -1].repeat_interleave(n)
-            step = fused.FusedStep(model, prompt_kv, mask, n, last_pos, T)
-        elif n > 1:  # one prefill per prompt, then n rows each
-            cache.batch_repeat_interleave(n)
+            step = fused.FusedStep(weights, prompt_kv, mask, n, last_pos, T)
+        else:
+            step = _ForwardStep(model, cache, mask, pos, n, T)
         if n > 1:
-            logits, mask, pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, pos))
+            logits = logits.repeat_interleave(n, dim=0)
         rows = logits.shape[0]
-        # full-width buffer of mask columns, so that a step only writes one column
-        full_mask = torch.cat([mask, mask.new_zeros(rows, T)], dim=1)
-        pos = pos[:, -1:]
         alive = torch.arange(rows, device=device)  # batch row -> output row
         # per step: the batch's sampled tokens, their log-probs and output rows; written into
         # [rows, T] once at the end (two scatters per step cost more than the bookkeeping)
@@ -321,23 +366,9 @@ class HFGenerator:
                     keep[0] = True
                 if not keep.all():  # drop finished rows from the batch
                     sel = keep.nonzero().squeeze(-1).to(device)
-                    if step is not None:
-                        step.select(sel)
-                    else:
-                        cache.batch_select_indices(sel)
-                    alive, nxt, full_mask, pos = alive[sel], nxt[sel], full_mask[sel], pos[sel]
-            if step is not None:
-                logits = step.step(nxt, t)
-                continue
-            full_mask[:, width + t] = 1
-            pos = pos + 1
-            logits = model(
-                input_ids=nxt[:, None],
-                attention_mask=full_mask[:, : width + t + 1],
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
+                    step.select(sel)
+                    alive, nxt = alive[sel], nxt[sel]
+            logits = step.step(nxt, t)
         out_tokens = torch.full((rows, T), -1, dtype=torch.long)
         out_lps = torch.zeros((rows, T))
         sizes = torch.tensor([len(r) for r in step_rows])

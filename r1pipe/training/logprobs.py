@@ -138,12 +138,7 @@ def completion_logprobs(
     module = getattr(model, "module", model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     decoder = module.get_decoder()
-    N, width = input_ids.shape
-    T = width - prompt_len
-    comp_len = attention_mask[:, prompt_len:].sum(1).tolist()
-    groups = [] if bucket_overhead is None else length_buckets(comp_len, bucket_overhead)
-    if len(groups) <= 1:
-        groups = [list(range(N))]  # all rows in their own order, at full width
+    T = input_ids.shape[1] - prompt_len
     shared = _shared_prompts(input_ids, attention_mask, prompt_len) if share_prompts else None
     if shared is not None and _can_share(module):
         # position t predicts token t + 1: the first completion token comes from the last
@@ -158,7 +153,7 @@ def completion_logprobs(
         cache = pre.past_key_values
         prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
 
-        def hidden(rows: torch.Tensor, t: int) -> torch.Tensor:
+        def hidden(rows: torch.Tensor | slice, t: int) -> torch.Tensor:
             idx = index[rows]
             for layer, (k, v) in zip(cache.layers, prompt_kv, strict=True):
                 # every row gets its prompt's keys and values (a fresh copy per group)
@@ -176,7 +171,7 @@ def completion_logprobs(
 
     else:
 
-        def hidden(rows: torch.Tensor, t: int) -> torch.Tensor:
+        def hidden(rows: torch.Tensor | slice, t: int) -> torch.Tensor:
             end = prompt_len + t
             out = decoder(
                 input_ids=input_ids[rows, :end],
@@ -188,22 +183,24 @@ def completion_logprobs(
             return out[:, prompt_len - 1 : -1]  # [n, t, H]
 
     head = module.get_output_embeddings()
+    groups: list[list[int]] = []
+    if bucket_overhead is not None:
+        comp_len = attention_mask[:, prompt_len:].sum(1).tolist()
+        groups = length_buckets(comp_len, bucket_overhead)
+    if len(groups) <= 1:  # all rows in their own order, at full width
+        return _head_logprobs(
+            hidden(slice(None), T), input_ids[:, prompt_len:], head, temperature, chunk_size
+        )
     lps, ents = [], []
     for group in groups:
-        rows = torch.tensor(group, device=input_ids.device)
-        t = max(1, max(comp_len[i] for i in group)) if len(groups) > 1 else T
-        h = hidden(rows, t)
-        lp, ent = _head_logprobs(
-            h, input_ids[rows, prompt_len : prompt_len + t], head, temperature, chunk_size
-        )
+        t = max(1, max(comp_len[i] for i in group))
+        idx = torch.tensor(group, device=input_ids.device)
+        targets = input_ids[idx, prompt_len : prompt_len + t]
+        lp, ent = _head_logprobs(hidden(idx, t), targets, head, temperature, chunk_size)
         lps.append(torch.nn.functional.pad(lp, (0, T - t)))
         ents.append(torch.nn.functional.pad(ent, (0, T - t)))
-    if len(groups) == 1:
-        return lps[0], ents[0]
-    inverse = torch.empty(N, dtype=torch.long, device=input_ids.device)
-    inverse[torch.tensor([i for g in groups for i in g], device=input_ids.device)] = torch.arange(
-        N, device=input_ids.device
-    )
+    order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
+    inverse = torch.argsort(order)  # back to row order
     return torch.cat(lps).index_select(0, inverse), torch.cat(ents).index_select(0, inverse)
 
 

@@ -115,7 +115,8 @@ def test_fused_step_logits_equal_the_forward_step_by_step():
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        step = fused.FusedStep(model, kv, mask, n, pos[:, -1].repeat_interleave(n), T)
+        weights = fused.FusedWeights(model)
+        step = fused.FusedStep(weights, kv, mask, n, pos[:, -1].repeat_interleave(n), T)
         torch.manual_seed(0)
         comp = torch.randint(10, 60, (3 * n, T))
         rows = torch.arange(3 * n)
