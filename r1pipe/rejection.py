@@ -7,9 +7,9 @@ function that returns the reason it rejects a completion, or None when it lets i
 stage records the first reason of each sample in ``samples.jsonl``.
 
 Reasons, in the order they are checked (:data:`REASONS`): ``no_format``, ``too_long``,
-``mixed_language``, ``code_in_reasoning`` (readability, cheap, first so that the judge is asked
-only about readable samples), ``incorrect``, ``judge_unknown`` (correctness), ``duplicate``,
-``over_k`` (per prompt), else ``accepted``.
+``long_paragraph``, ``mixed_language``, ``code_in_reasoning`` (readability, cheap, first so that
+the judge is asked only about readable samples), ``incorrect``, ``judge_unknown``
+(correctness), ``duplicate``, ``over_k`` (per prompt), else ``accepted``.
 
 Example:
     >>> from r1pipe.config.schema import ReadabilityFilters
@@ -36,6 +36,7 @@ REASONS = (
     "accepted",
     "no_format",
     "too_long",
+    "long_paragraph",
     "mixed_language",
     "code_in_reasoning",
     "incorrect",
@@ -44,6 +45,8 @@ REASONS = (
     "over_k",
 )
 
+# A blank line (only whitespace on it): where one paragraph ends and the next begins.
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # A fenced block (``` or ~~~) or HTML code markup anywhere in the reasoning.
 _FENCE = re.compile(r"^\s*(?:```|~~~)|<(?:code|pre)\b", re.MULTILINE | re.IGNORECASE)
 # Lines that read as program text rather than prose or math; two of them make a code block.
@@ -107,6 +110,31 @@ def length_filter(
     return None
 
 
+def longest_paragraph(text: str) -> int:
+    """Characters in the longest paragraph of ``text``: paragraphs are split on blank lines and
+    counted without surrounding whitespace (the line breaks inside one count).
+
+    >>> longest_paragraph("7+8=15\\n4+3=7\\n\\n  \\nso 75")
+    12
+    >>> longest_paragraph("")
+    0
+    """
+    return max(len(p.strip()) for p in _PARAGRAPH_BREAK.split(text))
+
+
+def paragraph_filter(completion: str, max_chars: int) -> str | None:
+    """``long_paragraph`` when a paragraph of the chain of thought (the think block, or the
+    whole completion without one) is over ``max_chars`` characters (0: no limit).
+
+    >>> paragraph_filter("<think>7+8=15\\n\\ncarry 1</think> <answer>15</answer>", 7)
+    >>> paragraph_filter("<think>7+8=15, carry 1</think> <answer>15</answer>", 7)
+    'long_paragraph'
+    """
+    if max_chars and longest_paragraph(reasoning_text(completion)) > max_chars:
+        return "long_paragraph"
+    return None
+
+
 def language_filter(completion: str, target_language: str, threshold: float) -> str | None:
     """``mixed_language`` when the chain of thought mixes languages."""
     return "mixed_language" if mixed_language(completion, target_language, threshold) else None
@@ -130,6 +158,8 @@ def readability_reason(
     if r := length_filter(
         num_tokens, finish_reason, filters.max_response_tokens, filters.reject_truncated
     ):
+        return r
+    if r := paragraph_filter(completion, filters.max_paragraph_chars):
         return r
     if filters.mixed_language and (
         r := language_filter(completion, filters.target_language, filters.language_threshold)

@@ -463,6 +463,18 @@ class ReadabilityFilters:
     """Reject completions longer than this many tokens (0: only truncated ones are too long)."""
     reject_truncated: bool = True
     """Reject completions cut off at ``max_new_tokens``."""
+    max_paragraph_chars: int = 4000
+    """Reject chains of thought whose longest paragraph is over this many characters (0: off).
+
+    The chain of thought is the text inside ``<think>...</think>`` (the summary after it is not
+    counted); paragraphs are split on blank lines (lines with only whitespace), and a
+    paragraph's length is ``len()`` of its text without surrounding whitespace, so the single
+    line breaks inside it count. Characters rather than tokens or whitespace words: the count
+    does not depend on the policy's tokenizer, and it means the same for languages written
+    without spaces (a Chinese paragraph is one "word"). 4000 characters is about 600-700
+    English words or 1000 tokens of a BPE tokenizer: generous for real models, whose
+    paragraphs run to a few hundred characters, and out of reach of the tiny task, whose
+    whole completion is at most ``max_new_tokens`` (96) one-byte tokens."""
     code_in_reasoning: bool = True
     """Reject chains of thought that contain code blocks."""
     dedupe: bool = True
@@ -473,6 +485,7 @@ class ReadabilityFilters:
         p = prefix + "."
         _check(0 <= self.language_threshold <= 1, p + "language_threshold", "must be in [0, 1]")
         _check(self.max_response_tokens >= 0, p + "max_response_tokens", "must be >= 0")
+        _check(self.max_paragraph_chars >= 0, p + "max_paragraph_chars", "must be >= 0")
 
 
 @dataclass

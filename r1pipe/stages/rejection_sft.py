@@ -6,11 +6,12 @@ What it does, in order:
 1. Samples ``num_samples`` (N) completions for each of ``num_prompts`` train prompts with the
    ``rl-reasoning`` checkpoint (or ``model.path``); every rank samples its share of the prompts.
 2. Rejects, per completion, for the first reason that applies (:mod:`r1pipe.rejection`):
-   readability (``no_format``, ``too_long``, ``mixed_language``, ``code_in_reasoning``, each
-   switchable under ``filters``), then correctness: the task's rule verifier, a generative judge
-   (``verify=judge``: a causal LM by path or an OpenAI-compatible endpoint compares the answer
-   with the reference) or both (``rule_then_judge``); then ``duplicate`` and ``over_k``: at most
-   ``max_per_prompt`` (K) distinct completions kept per prompt.
+   readability (``no_format``, ``too_long``, ``long_paragraph``, ``mixed_language``,
+   ``code_in_reasoning``, each switchable under ``filters``), then correctness: the task's rule
+   verifier, a generative judge (``verify=judge``: a causal LM by path or an OpenAI-compatible
+   endpoint compares the answer with the reference) or both (``rule_then_judge``); then
+   ``duplicate`` and ``over_k``: at most ``max_per_prompt`` (K) distinct completions kept per
+   prompt.
 3. Mixes in general (non-reasoning) data: ``general_mix`` examples per accepted reasoning sample
    (at least ``min_general``) from ``general_file``; simple queries get an empty think block,
    those flagged ``complex`` a chain of thought written by the policy or the judge when
@@ -73,6 +74,7 @@ from r1pipe.rejection import (
     correctness_reason,
     keep_per_prompt,
     language_filter,
+    paragraph_filter,
     readability_reason,
 )
 from r1pipe.rewards.accuracy import accuracy_reward
@@ -356,6 +358,8 @@ class RejectionSampler:
         cot = text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
         f = self.rs.filters
         if not cot or (f.code_in_reasoning and code_filter(cot)):
+            return None
+        if paragraph_filter(cot, f.max_paragraph_chars):
             return None
         if f.mixed_language and language_filter(cot, f.target_language, f.language_threshold):
             return None

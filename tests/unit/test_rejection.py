@@ -14,6 +14,8 @@ from r1pipe.rejection import (
     keep_per_prompt,
     language_filter,
     length_filter,
+    longest_paragraph,
+    paragraph_filter,
     readability_reason,
 )
 
@@ -53,6 +55,60 @@ def test_length_filter_cap_and_truncation():
     assert length_filter(10, "length", 0) == "too_long"  # cut off at max_new_tokens
     assert length_filter(10, "length", 0, reject_truncated=False) is None
     assert length_filter(10_000, "stop", 0) is None  # 0: no cap
+
+
+# ---- long paragraphs ---------------------------------------------------------------------
+
+
+def test_longest_paragraph_splits_on_blank_lines():
+    # one paragraph: 6 + 1 (the line break) + 7 characters
+    assert longest_paragraph("7+8=15\n4+3+1=8") == 14
+    # a blank line, one with only spaces and a tab, or a CRLF one ends a paragraph
+    assert longest_paragraph("7+8=15\n\n4+3+1=8") == 7
+    assert longest_paragraph("7+8=15\n \t\n4+3+1=8") == 7
+    assert longest_paragraph("7+8=15\r\n\r\n4+3+1=8") == 7
+    # whitespace around a paragraph is not counted, nor are runs of blank lines
+    assert longest_paragraph("  carry 1  \n\n\n\nab") == 7
+    assert longest_paragraph("") == 0
+
+
+def test_paragraph_filter_limit_and_think_block():
+    # GOOD's chain of thought is one paragraph: 15 + 1 + 16 = 32 characters
+    assert paragraph_filter(GOOD, 32) is None  # the limit is inclusive
+    assert paragraph_filter(GOOD, 31) == "long_paragraph"
+    assert paragraph_filter(GOOD, 0) is None  # 0: off
+    split = "<think>\n7+8=15, carry 1\n\n4+3+1=8, carry 0\n</think>\n<answer>85</answer>"
+    assert paragraph_filter(split, 16) is None  # paragraphs of 15 and 16
+    assert paragraph_filter(split, 15) == "long_paragraph"
+    # a long summary after </think> is not the chain of thought
+    long_answer = "<think>\n7+8=15\n</think>\n" + "so " * 40 + "<answer>15</answer>"
+    assert paragraph_filter(long_answer, 6) is None
+    assert paragraph_filter("<think>\n7+8=15\n</think>\n<answer>15</answer>", 5) == (
+        "long_paragraph"
+    )
+
+
+def test_default_paragraph_limit_is_generous():
+    # a real model's long paragraph: 100 sentences of 40 characters, the last space stripped
+    sentence = "Wait, let me check the carry once more. "
+    assert len(sentence) == 40
+
+    def reason(paragraph):
+        cot = f"<think>\n{paragraph}\n\nSo the sum is 1.\n</think>\n<answer>1</answer>"
+        return readability_reason(cot, 1100, "stop", ReadabilityFilters(), "answer_tag")
+
+    paragraph = (sentence * 100).rstrip()
+    assert reason(paragraph) is None  # 3999 characters
+    assert reason(paragraph + "!") is None  # 4000: the default limit, inclusive
+    assert reason(paragraph + "!!") == "long_paragraph"  # 4001
+    # the tiny task's chain of thought (r1pipe/data/synthetic.py), e.g. 99+99: 47 characters
+    tiny = "<think>\n9+9=18, carry 1\n9+9+1=19, carry 1\nfinal carry 1\n</think>\n"
+    assert (
+        readability_reason(
+            tiny + "99+99 = <answer>198</answer>", 60, "stop", ReadabilityFilters(), "answer_tag"
+        )
+        is None
+    )
 
 
 # ---- mixed language -----------------------------------------------------------------------
@@ -139,10 +195,32 @@ def test_readability_reason_order_and_switches():
     assert readability_reason(GOOD, 30, "stop", capped, "answer_tag") == "too_long"
 
 
+def test_long_paragraph_comes_after_length_and_before_language():
+    short = ReadabilityFilters(max_paragraph_chars=10)
+    both = "<think>\n答案 is here\n```\nprint(1)\n```\n</think>\n<answer>1</answer>"
+    assert readability_reason(GOOD, 30, "length", short, "answer_tag") == "too_long"
+    assert readability_reason(GOOD, 30, "stop", short, "answer_tag") == "long_paragraph"
+    assert readability_reason(both, 30, "stop", short, "answer_tag") == "long_paragraph"
+    off = ReadabilityFilters(max_paragraph_chars=0)
+    assert readability_reason(both, 30, "stop", off, "answer_tag") == "mixed_language"
+
+
 def test_correctness_reason():
     assert correctness_reason(True) is None
     assert correctness_reason(False) == "incorrect"
     assert correctness_reason(None) == "judge_unknown"
+
+
+def test_long_paragraph_counted_in_stats():
+    rows = [
+        {"prompt_id": "a", "source": "reasoning", "accepted": True, "reason": "accepted"},
+        {"prompt_id": "a", "source": "reasoning", "accepted": False, "reason": "long_paragraph"},
+        {"prompt_id": "b", "source": "reasoning", "accepted": False, "reason": "long_paragraph"},
+        {"prompt_id": "b", "source": "reasoning", "accepted": False, "reason": "too_long"},
+    ]
+    s = acceptance_stats(rows)
+    assert s["rejected/long_paragraph"] == 2 and s["rejected/too_long"] == 1
+    assert s["acceptance_rate"] == pytest.approx(0.25)
 
 
 # ---- dedupe and K -------------------------------------------------------------------------

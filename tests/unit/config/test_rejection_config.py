@@ -16,6 +16,13 @@ def test_defaults_and_smoke():
     assert smoke.stage.rejection_sft.sft.max_steps == 3 and smoke.stage.distill.sft.max_steps == 3
 
 
+def test_paragraph_limit_on_by_default_and_switchable():
+    cfg, _ = compose([])
+    assert cfg.stage.rejection_sft.filters.max_paragraph_chars == 4000
+    off, _ = compose(["stage.rejection_sft.filters.max_paragraph_chars=0"])
+    assert off.stage.rejection_sft.filters.max_paragraph_chars == 0
+
+
 def test_judge_and_sft_knobs_compose():
     cfg, _ = compose(
         [
@@ -74,6 +81,10 @@ def test_judge_and_sft_knobs_compose():
             "stage.rejection_sft.sft.global_batch_size",
         ),
         (["stage.rejection_sft.filters.dedupe=maybe"], "stage.rejection_sft.filters.dedupe"),
+        (
+            ["stage.rejection_sft.filters.max_paragraph_chars=-1"],
+            "stage.rejection_sft.filters.max_paragraph_chars: must be >= 0",
+        ),
         (["stage.rejection_sft.nope=1"], "unknown config key 'stage.rejection_sft.nope'"),
         (["stage.distill.sft.lr=0"], "stage.distill.sft.lr"),
     ],

@@ -12,6 +12,7 @@ from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Completion
 from r1pipe.models import build_char_tokenizer
+from r1pipe.rejection import acceptance_stats
 from r1pipe.stages.rejection_sft import RejectionSampler, choose_prompts, sft_examples
 from r1pipe.training.dist import DistInfo
 
@@ -123,6 +124,27 @@ def test_filters_switch_off():
     ]
 
 
+def test_long_paragraphs_rejected_and_counted():
+    # "2+0=2\n1+3=4" is a paragraph of 5 + 1 + 5 = 11 characters: at the limit
+    f = dataclasses.replace(sampler().rs.filters, max_paragraph_chars=11)
+    rows = sampler(filters=f).sample_reasoning(EXAMPLES)
+    assert reasons(rows) == [
+        ("a", "accepted"),
+        ("a", "duplicate"),
+        ("a", "long_paragraph"),  # "2+0=2, 1+3=4": 12 characters
+        ("a", "incorrect"),
+        ("a", "long_paragraph"),  # 18 characters, checked before the mixed language
+        ("b", "long_paragraph"),  # the fenced print: 3 + 1 + 12 + 1 + 3 = 20, before the code
+        ("b", "no_format"),
+        ("b", "no_format"),
+        ("b", "incorrect"),
+        ("b", "accepted"),
+    ]
+    assert rows[2]["correct"] is None  # rejected before correctness was checked
+    stats = acceptance_stats(rows)
+    assert stats["rejected/long_paragraph"] == 3 and stats["accepted_reasoning"] == 2
+
+
 def test_judge_verification():
     # the judge reads the summary: "<answer>42</answer>" and "<answer>20</answer>" are right
     judge = ScriptedJudge(lambda p: "Verdict: correct" if "52" not in p else "hmm")
@@ -188,6 +210,17 @@ def test_chains_of_thought_for_complex_queries_only():
     s = sampler(judge=judge, general_mix=1.0, cot_for_complex=True, cot_generator="judge")
     sky = next(r for r in s.general_rows(GENERAL, 2) if r["complex"])
     assert sky["cot"] is False and sky["completion"] == "<think>\n</think>\nScattering."
+
+
+def test_general_chain_of_thought_with_a_long_paragraph_is_dropped():
+    # the policy's chain of thought "It depends on the light." is 24 characters
+    def sky(limit):
+        f = dataclasses.replace(sampler().rs.filters, max_paragraph_chars=limit)
+        s = sampler(filters=f, general_mix=1.0, cot_for_complex=True)
+        return next(r for r in s.general_rows(GENERAL, 2) if r["complex"])
+
+    assert sky(24)["cot"] is True
+    assert sky(23)["cot"] is False and sky(23)["completion"] == "<think>\n</think>\nScattering."
 
 
 def test_sft_examples_give_general_rows_no_task_instruction():
