@@ -10,6 +10,10 @@ top-p 0.95. Reported:
   answers, i.e. the share of them that is correct);
 * ``pass@k``: the unbiased estimator of Chen et al. (2021) from the k samples.
 
+A sample is correct when its accuracy reward is 1 (:func:`~r1pipe.rewards.accuracy.is_correct`):
+a program of a code task only when it passes every test, as in Chen et al.; the share of tests
+it passes is kept apart as ``test_pass_rate``.
+
 ``run_eval(cfg)`` is the ``r1pipe eval`` command: generate with a checkpoint and score, or
 score a predictions file written by any model; it writes ``eval.json`` and ``samples.jsonl``.
 
@@ -36,7 +40,7 @@ from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Generator, SamplingParams
 from r1pipe.rewards import accuracy_reward, format_reward
-from r1pipe.rewards.accuracy import answer_matches, parse_number
+from r1pipe.rewards.accuracy import answer_matches, is_correct, parse_number
 from r1pipe.rewards.parsing import extract_answer, extract_gsm8k_reference, split_think
 
 console = Console(stderr=True)
@@ -151,24 +155,38 @@ def final_answer(text: str, answer_format: str, gsm8k_fallback: bool = False) ->
 def score_completion(
     text: str, reference: str, task: TaskConfig, *, gsm8k_fallback: bool = False
 ) -> dict[str, Any]:
-    """``answer`` (extracted), ``correct`` and ``format`` (R1 format reward).
+    """``answer`` (extracted), ``correct`` (1.0 / 0.0) and ``format`` (R1 format reward); for a
+    code task also ``test_pass_rate``, the share of tests the program passes.
 
-    ``correct`` is the task's accuracy reward, so a held-out evaluation checks what training
-    rewards; ``gsm8k_fallback`` (``r1pipe eval`` only) also credits a final ``#### N`` line.
+    ``correct`` is :func:`~r1pipe.rewards.accuracy.is_correct` of the task's accuracy reward,
+    so a held-out evaluation checks what training rewards, and a program is correct only if it
+    passes every test; ``gsm8k_fallback`` (``r1pipe eval`` only) also credits a final ``#### N``
+    line.
+
+    >>> score_completion("<think>1+2</think> <answer>3</answer>", "3", TaskConfig())
+    {'answer': '3', 'correct': 1.0, 'format': 1.0}
     """
-    correct = accuracy_reward(
+    accuracy = accuracy_reward(
         text,
         reference,
         verifier=task.verifier,
         answer_format=task.answer_format,
         tolerance=task.tolerance,
     )
+    correct = 1.0 if is_correct(accuracy) else 0.0
     answer = final_answer(text, task.answer_format)
     if answer is None and gsm8k_fallback and task.verifier != "code":
         answer = final_answer(text, task.answer_format, gsm8k_fallback=True)
         if answer is not None:
             correct = float(answer_matches(answer, reference, task.verifier, task.tolerance))
-    return {"answer": answer, "correct": correct, "format": format_reward(text, task.answer_format)}
+    out: dict[str, Any] = {
+        "answer": answer,
+        "correct": correct,
+        "format": format_reward(text, task.answer_format),
+    }
+    if task.verifier == "code":
+        out["test_pass_rate"] = accuracy
+    return out
 
 
 def evaluate(
@@ -186,7 +204,8 @@ def evaluate(
     Returns:
         The summary (:func:`summarize`, plus ``seconds`` and ``generate_seconds``) and one
         record per completion: ``id``, ``sample``, ``question``, ``reference``,
-        ``completion``, ``finish_reason``, ``num_tokens``, ``answer``, ``correct``, ``format``.
+        ``completion``, ``finish_reason``, ``num_tokens``, ``answer``, ``correct``, ``format``
+        (and ``test_pass_rate`` for a code task).
     """
     t0 = time.perf_counter()
     prompts = [build_prompt(e.question, task, tokenizer) for e in examples]
@@ -226,33 +245,45 @@ def summarize(
     """pass@1, format rate, lengths; ``pass@k`` and ``cons@k`` when k > 1.
 
     Records are grouped by ``id``; each has ``correct``, ``format`` and ``answer``, and when
-    generated also ``num_tokens`` and ``finish_reason``. A problem with fewer than k samples
-    (a predictions file) enters pass@k with its own count.
+    generated also ``num_tokens`` and ``finish_reason``. A sample counts as correct when
+    :func:`~r1pipe.rewards.accuracy.is_correct` of its ``correct`` holds (1.0), in pass@1,
+    pass@k and cons@k alike. A problem with fewer than k samples (a predictions file) enters
+    pass@k with its own count. When the records have ``test_pass_rate`` (code tasks), its mean
+    is reported too, averaged per problem like pass@1.
+
+    >>> rows = [{"id": "a", "answer": "def f", "correct": 0.0, "format": 1.0,
+    ...          "test_pass_rate": 0.75}] * 4
+    >>> s = summarize(rows, 4, verifier="code")
+    >>> s["pass@1"], s["pass@4"], s["cons@4"], s["test_pass_rate"]
+    (0.0, 0.0, 0.0, 0.75)
     """
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_id.setdefault(str(r["id"]), []).append(r)
     n_total = max(1, len(records))
     n_problems = max(1, len(by_id))
+    ok = {pid: [1.0 if is_correct(r["correct"]) else 0.0 for r in g] for pid, g in by_id.items()}
     summary: dict[str, Any] = {
-        "pass@1": sum(_mean([r["correct"] for r in g]) for g in by_id.values()) / n_problems,
+        "pass@1": sum(_mean(flags) for flags in ok.values()) / n_problems,
         "format_rate": sum(r["format"] for r in records) / n_total,
         "num_problems": len(by_id),
         "num_samples": k,
         "num_completions": len(records),
     }
+    if records and all("test_pass_rate" in r for r in records):
+        summary["test_pass_rate"] = (
+            sum(_mean([r["test_pass_rate"] for r in g]) for g in by_id.values()) / n_problems
+        )
     if records and "num_tokens" in records[0]:
         summary["mean_response_tokens"] = sum(r["num_tokens"] for r in records) / n_total
         summary["truncation_rate"] = sum(r["finish_reason"] == "length" for r in records) / n_total
     if k > 1 and by_id:
         same = answer_equivalence(verifier, tolerance)
         passk, cons = [], []
-        for group in by_id.values():
-            c = int(sum(r["correct"] for r in group))
+        for pid, group in by_id.items():
+            c = int(sum(ok[pid]))
             passk.append(pass_at_k(len(group), c, min(k, len(group))))
-            cons.append(
-                majority_vote([r["answer"] for r in group], [r["correct"] for r in group], same)
-            )
+            cons.append(majority_vote([r["answer"] for r in group], ok[pid], same))
         summary[f"cons@{k}"] = sum(cons) / len(cons)
         summary[f"pass@{k}"] = sum(passk) / len(passk)
     return summary

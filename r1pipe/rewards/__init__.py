@@ -7,7 +7,13 @@ Example:
     (1.0, 1.0)
 """
 
-from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, math_equal, parse_number
+from r1pipe.rewards.accuracy import (
+    VERIFIERS,
+    accuracy_reward,
+    is_correct,
+    math_equal,
+    parse_number,
+)
 from r1pipe.rewards.combine import BUILTIN_REWARDS, RewardResult, compute_rewards
 from r1pipe.rewards.format import format_reward
 from r1pipe.rewards.language import (
@@ -37,6 +43,7 @@ __all__ = [
     "extract_boxed",
     "extract_gsm8k_reference",
     "format_reward",
+    "is_correct",
     "kimi_length_rewards",
     "language_consistency_reward",
     "math_equal",

@@ -31,7 +31,14 @@ from sympy.matrices import MatrixBase
 from r1pipe.rewards.code import code_accuracy, code_passes
 from r1pipe.rewards.parsing import ANSWER_FORMATS, extract_answer, split_think
 
-__all__ = ["VERIFIERS", "accuracy_reward", "answer_matches", "math_equal", "parse_number"]
+__all__ = [
+    "VERIFIERS",
+    "accuracy_reward",
+    "answer_matches",
+    "is_correct",
+    "math_equal",
+    "parse_number",
+]
 
 #: The verifiers understood by :func:`accuracy_reward`.
 VERIFIERS = ("exact", "numeric", "math", "code")
@@ -250,6 +257,22 @@ def accuracy_reward(
         return 1.0 if answer_matches(prediction, reference, verifier, tolerance) else 0.0
     except (Exception, TimeoutException):
         return 0.0
+
+
+def is_correct(accuracy: float) -> bool:
+    """Whether an accuracy reward means a correct answer: ``accuracy >= 1``.
+
+    The one definition of "correct" for everything built on :func:`accuracy_reward`: the
+    length rewards (:mod:`r1pipe.rewards.combine`), pass@k and cons@k
+    (:mod:`r1pipe.evaluation`) and rejection sampling. It matters for ``"code"``, whose
+    reward with ``scoring="fraction"`` is the share of tests passed: a program is correct
+    only if it passes every test (Chen et al., 2021), not if it passes some.
+
+    Example:
+        >>> is_correct(1.0), is_correct(0.75), is_correct(0.0)
+        (True, False, False)
+    """
+    return accuracy >= 1.0
 
 
 def answer_matches(

@@ -40,7 +40,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward
+from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, is_correct
 from r1pipe.rewards.format import format_reward
 from r1pipe.rewards.language import LANGUAGE_SCRIPTS, language_consistency_reward
 from r1pipe.rewards.length import cosine_length_reward, kimi_length_rewards
@@ -305,9 +305,13 @@ def compute_rewards(
     * ``"format"``: :func:`~r1pipe.rewards.format.format_reward` with ``answer_format``;
     * ``"language"``: :func:`~r1pipe.rewards.language.language_consistency_reward`;
     * ``"kimi_length"``: :func:`~r1pipe.rewards.length.kimi_length_rewards` per group, a group
-      being each contiguous run of ``group_size`` completions, correct meaning accuracy > 0;
+      being each contiguous run of ``group_size`` completions;
     * ``"cosine_length"``: :func:`~r1pipe.rewards.length.cosine_length_reward` with
-      ``max_len``, correct meaning accuracy > 0.
+      ``max_len``.
+
+    For both length rewards "correct" means :func:`~r1pipe.rewards.accuracy.is_correct`
+    (accuracy >= 1): a code answer that passes only some of its tests is wrong there, while
+    its ``"accuracy"`` reward is still the passed fraction.
 
     Only rewards with a non-zero weight are computed. Accuracy is also computed (and its
     failures counted) when only a length reward needs it.
@@ -394,7 +398,7 @@ def compute_rewards(
             )
         else:
             values["accuracy"], failures["accuracy"] = _run_direct(accuracy, pairs)
-    correct = [value > 0 for value in values.get("accuracy", [])]
+    correct = [is_correct(value) for value in values.get("accuracy", [])]
 
     for name in enabled:
         if name == "format":

@@ -76,30 +76,49 @@ def cosine_length_reward(
     correct: bool,
     max_len: int,
     *,
-    min_value_correct: float = 1.0,
-    max_value_correct: float = 0.5,
     min_value_wrong: float = -0.5,
     max_value_wrong: float = 0.0,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
 ) -> float:
     """Cosine-scaled length reward of Yeo et al. (2025).
 
-    ``min_value_*`` is the reward at the *minimum* length (0) and ``max_value_*`` the reward at
-    the *maximum* length (``max_len``); with ``(v0, vL)`` the pair for the sample's correctness,
-    the reward at ``t = min(length, max_len)`` is
-    ``vL + 0.5 * (v0 - vL) * (1 + cos(pi * t / max_len))``, so it moves from ``v0`` to ``vL``
-    along half a cosine period (flat near both ends, steepest at ``max_len / 2``). With the
-    defaults a correct answer earns 1.0 when short and 0.5 at ``max_len``, a wrong answer
-    earns -0.5 when short and 0.0 at ``max_len``. Lengths beyond ``max_len`` are clamped (the
-    paper's separate exceed-length penalty is left to the truncation handling).
+    The parameters have the names and the meaning of open-r1's
+    ``get_cosine_scaled_reward(min_value_wrong, max_value_wrong, min_value_correct,
+    max_value_correct, max_len)``, so settings copied from open-r1 behave the same:
+
+    =====================  ==================================================
+    parameter              reward it sets
+    =====================  ==================================================
+    ``max_value_correct``  a correct answer of length 0 (the shortest)
+    ``min_value_correct``  a correct answer of length ``max_len``
+    ``min_value_wrong``    a wrong answer of length 0
+    ``max_value_wrong``    a wrong answer of length ``max_len``
+    =====================  ==================================================
+
+    With ``(v0, vL)`` the pair for the sample's correctness (reward at length 0, reward at
+    ``max_len``), the reward at ``t = min(length, max_len)`` is
+    ``vL + 0.5 * (v0 - vL) * (1 + cos(pi * t / max_len))``: it moves from ``v0`` to ``vL``
+    along half a cosine period (flat near both ends, steepest at ``max_len / 2``). So a
+    correct answer earns more the shorter it is and a wrong one is punished more the shorter
+    it is, as long as the ``min_*`` value is below the ``max_*`` one.
+
+    The defaults are ours, not open-r1's (-1.0, -0.5, 0.5, 1.0): a correct answer earns 1.0
+    when short and 0.5 at ``max_len``, a wrong answer -0.5 when short and 0.0 at ``max_len``.
+    Two further differences from open-r1: lengths beyond ``max_len`` are clamped to it (open-r1
+    keeps following the cosine, so its reward turns back; the paper's separate exceed-length
+    penalty is left to the truncation handling), and ``length`` is whatever unit the caller
+    counts (:func:`~r1pipe.rewards.combine.compute_rewards` passes tokens; open-r1 counts
+    characters).
 
     Args:
         length: Length of the completion (e.g. in tokens), >= 0.
         correct: Whether the completion's answer is correct.
         max_len: The length at which the schedule ends, > 0 (usually the generation limit).
-        min_value_correct: Reward of a correct answer of length 0.
-        max_value_correct: Reward of a correct answer of length ``max_len``.
         min_value_wrong: Reward of a wrong answer of length 0.
         max_value_wrong: Reward of a wrong answer of length ``max_len``.
+        min_value_correct: Reward of a correct answer of length ``max_len``.
+        max_value_correct: Reward of a correct answer of length 0.
 
     Returns:
         The reward, between the two values for the sample's correctness.
@@ -114,12 +133,14 @@ def cosine_length_reward(
         (-0.5, 0.0)
         >>> round(cosine_length_reward(500, True, 1000), 6)
         0.75
+        >>> cosine_length_reward(0, True, 1000, min_value_correct=0.1, max_value_correct=2.0)
+        2.0
     """
     value = _check_length(length)
     if operator.index(max_len) <= 0:
         raise ValueError(f"max_len must be > 0, got {max_len}")
     if correct:
-        at_zero, at_max = min_value_correct, max_value_correct
+        at_zero, at_max = max_value_correct, min_value_correct
     else:
         at_zero, at_max = min_value_wrong, max_value_wrong
     progress = min(value, max_len) / max_len

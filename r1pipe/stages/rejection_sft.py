@@ -77,7 +77,7 @@ from r1pipe.rejection import (
     paragraph_filter,
     readability_reason,
 )
-from r1pipe.rewards.accuracy import accuracy_reward
+from r1pipe.rewards.accuracy import accuracy_reward, is_correct
 from r1pipe.rewards.judge import Judge, build_judge, fill_prompt, judge_answers
 from r1pipe.rewards.language import LANGUAGE_SCRIPTS
 from r1pipe.rewards.parsing import THINK_CLOSE, THINK_OPEN, split_think
@@ -275,14 +275,15 @@ class RejectionSampler:
             out: list[bool | None] = [None] * len(rows)
         else:
             out = [
-                accuracy_reward(
-                    r["completion"],
-                    r["reference"],
-                    verifier=task.verifier,
-                    answer_format=task.answer_format,
-                    tolerance=task.tolerance,
+                is_correct(  # verified: a code answer must pass every test, not some
+                    accuracy_reward(
+                        r["completion"],
+                        r["reference"],
+                        verifier=task.verifier,
+                        answer_format=task.answer_format,
+                        tolerance=task.tolerance,
+                    )
                 )
-                >= 1.0  # verified: a code answer must pass every test, not some
                 for r in rows
             ]
         if rs.verify == "rule":

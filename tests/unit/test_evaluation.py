@@ -136,13 +136,93 @@ def test_score_completion_math_verifier():
     assert score_completion("no box 0.5", "\\frac{1}{2}", task)["correct"] == 0.0
 
 
-def test_held_out_scoring_is_the_training_reward():
-    from r1pipe.rewards import accuracy_reward
-
+@pytest.mark.parametrize(
+    "text, gsm8k_fallback, answer, correct, fmt",
+    [
+        # think block and tag: right answer, right format
+        ("<think>1+2</think> <answer>3</answer>", False, "3", 1.0, 1.0),
+        ("<think>1+2</think> <answer>4</answer>", False, "4", 0.0, 1.0),
+        # no think block: the whole text is searched, the tag's content is stripped; no format
+        ("<answer> 3</answer>", False, "3", 1.0, 0.0),
+        # the right number without a tag is no answer (as in training)
+        ("3", False, None, 0.0, 0.0),
+        ("#### 3", False, None, 0.0, 0.0),
+        # r1pipe eval credits a final GSM8K line
+        ("#### 3", True, "3", 1.0, 0.0),
+    ],
+)
+def test_held_out_scoring_hand_worked(text, gsm8k_fallback, answer, correct, fmt):
     task = TaskConfig()  # the addition task: <answer> tags, exact match
-    for text in ("<think>1+2</think> <answer>3</answer>", "<answer> 3</answer>", "3", "#### 3"):
-        got = score_completion(text, "3", task)["correct"]
-        assert got == accuracy_reward(text, "3", verifier="exact", answer_format="answer_tag")
+    got = score_completion(text, "3", task, gsm8k_fallback=gsm8k_fallback)
+    assert got == {"answer": answer, "correct": correct, "format": fmt}
+
+
+# ---- code tasks: correct means every test passes ----------------------------------------
+
+
+SQUARE_TESTS = [
+    "assert square(0) == 0",
+    "assert square(1) == 1",
+    "assert square(2) == 4",
+    "assert square(3) == 9",
+]
+
+
+def _program(body: str) -> str:
+    return f"<think>square it</think> <answer>```python\ndef square(x):\n    {body}\n```</answer>"
+
+
+@pytest.fixture(scope="module")
+def code_task_and_reference():
+    from sandboxhelpers import sandbox_python
+
+    task = TaskConfig(kind="jsonl", train_file="x.jsonl", eval_file="x.jsonl", verifier="code")
+    reference = json.dumps({"tests": SQUARE_TESTS, "python": sandbox_python(), "timeout_s": 20})
+    return task, reference
+
+
+def test_code_sample_is_correct_only_when_every_test_passes(code_task_and_reference):
+    task, ref = code_task_and_reference
+    right = score_completion(_program("return x * x"), ref, task)
+    assert right["correct"] == 1.0 and right["test_pass_rate"] == 1.0
+    # x + x is right for 0 and 2 only: 2 of 4 tests, not correct
+    half = score_completion(_program("return x + x"), ref, task)
+    assert half["correct"] == 0.0 and half["test_pass_rate"] == 0.5
+    assert "test_pass_rate" not in score_completion("<answer>3</answer>", "3", TaskConfig())
+
+
+def test_code_pass_at_k_counts_only_programs_that_pass_every_test(code_task_and_reference):
+    task, ref = code_task_and_reference
+    # Problem a: four programs, each wrong on a different input: 3 of 4 tests each, none right.
+    nearly = [_program(f"return x * x if x != {i} else -1") for i in range(4)]
+    # Problem b: one right program, three that return 0 (right for square(0) only: 1 of 4).
+    b = [_program("return x * x")] + [_program("return 0")] * 3
+    records = [
+        {"id": pid, **score_completion(text, ref, task)}
+        for pid, texts in (("a", nearly), ("b", b))
+        for text in texts
+    ]
+    assert [r["correct"] for r in records] == [0.0] * 4 + [1.0, 0.0, 0.0, 0.0]
+    assert [r["test_pass_rate"] for r in records] == [0.75] * 4 + [1.0, 0.25, 0.25, 0.25]
+    s = summarize(records, 4, verifier="code")
+    # a: 0 of 4 correct -> pass@1 0, pass@4 0; b: 1 of 4 -> pass@1 1/4, pass@4 1
+    assert s["pass@1"] == pytest.approx((0 + 0.25) / 2)
+    assert s["pass@4"] == pytest.approx((0 + 1) / 2)
+    # a: four different programs tie, none correct; b: "return 0" wins the vote, wrong
+    assert s["cons@4"] == 0.0
+    # per problem: a 0.75, b (1 + 3 * 0.25) / 4 = 0.4375
+    assert s["test_pass_rate"] == pytest.approx((0.75 + 0.4375) / 2)
+
+
+def test_summarize_counts_a_fractional_correct_as_wrong():
+    # Records written with a pass fraction as "correct" (each program passes 3 of 4 tests)
+    # must not add up to correct samples: int(0.75 * 4) = 3 would make pass@4 = 1.
+    records = [
+        {"id": "a", "answer": f"program {i}", "correct": 0.75, "format": 1.0} for i in range(4)
+    ]
+    s = summarize(records, 4, verifier="code")
+    assert (s["pass@1"], s["pass@4"], s["cons@4"]) == (0.0, 0.0, 0.0)
+    assert "test_pass_rate" not in s
 
 
 def _rows(name: str) -> list[dict]:

@@ -99,6 +99,45 @@ def test_cosine_length_by_hand():
     assert result.total == pytest.approx([2.0, 1.75, -0.5, 0.0])
 
 
+def test_length_rewards_count_a_partly_passing_program_as_wrong():
+    # Correct means accuracy >= 1 (is_correct), as in rejection sampling and pass@k: a program
+    # passing 1 of 2 tests has accuracy 0.5 but is a wrong answer for the length rewards.
+    import json
+
+    from sandboxhelpers import sandbox_python
+
+    from r1pipe.rewards.accuracy import is_correct
+
+    tests = ["assert double(0) == 0", "assert double(1) == 2"]
+    ref = json.dumps({"tests": tests, "python": sandbox_python(), "timeout_s": 20})
+
+    def program(body: str) -> str:
+        return f"<think>x</think> <answer>```python\ndef double(x):\n    {body}\n```</answer>"
+
+    partial, full = program("return x * x"), program("return x + x")  # x * x: right for 0 only
+    result = _run(
+        [partial, full],
+        {"accuracy": 1.0, "kimi_length": 1.0, "cosine_length": 1.0},
+        references=[ref, ref],
+        lengths=[0, 1000],
+        group_size=2,
+        max_len=1000,
+        task_verifier="code",
+    )
+    assert result.per_reward["accuracy"] == [0.5, 1.0]
+    # Kimi: lambdas 0.5 (shortest), -0.5 (longest); the partial one is wrong: min(0, 0.5) = 0.
+    assert result.per_reward["kimi_length"] == pytest.approx([0.0, -0.5])
+    # Cosine (defaults): wrong at length 0 -> -0.5; correct at max_len -> 0.5.
+    assert result.per_reward["cosine_length"] == pytest.approx([-0.5, 0.5])
+    assert result.total == pytest.approx([0.5 + 0.0 - 0.5, 1.0 - 0.5 + 0.5])
+    assert (is_correct(1.0), is_correct(0.999), is_correct(0.5), is_correct(0.0)) == (
+        True,
+        False,
+        False,
+        False,
+    )
+
+
 def test_math_verifier_runs_correctly_in_worker_threads():
     completions = [
         r"<think>r</think> \boxed{\frac{1}{2}}",

@@ -82,11 +82,36 @@ def test_cosine_clamps_beyond_max_len():
 
 
 def test_cosine_custom_values():
-    kwargs = dict(min_value_correct=2.0, max_value_correct=1.0, min_value_wrong=-10.0)
+    # max_value_correct is the reward at length 0, min_value_correct the one at max_len.
+    kwargs = dict(max_value_correct=2.0, min_value_correct=1.0, min_value_wrong=-10.0)
     assert cosine_length_reward(0, True, 10, **kwargs) == pytest.approx(2.0)
     assert cosine_length_reward(10, True, 10, **kwargs) == pytest.approx(1.0)
     assert cosine_length_reward(0, False, 10, **kwargs) == pytest.approx(-10.0)
+    # wrong at t/L = 1/2: vL + 0.5 * (v0 - vL) * 1 = 0 + 0.5 * (-10 - 0) = -5
     assert cosine_length_reward(5, False, 10, **kwargs) == pytest.approx(-5.0)
+
+
+def test_cosine_open_r1_settings_mean_what_they_mean_in_open_r1():
+    # open-r1's get_cosine_scaled_reward defaults: min_value_wrong=-1.0, max_value_wrong=-0.5,
+    # min_value_correct=0.5, max_value_correct=1.0. There a correct answer gets its maximum
+    # (1.0) at length 0 and its minimum (0.5) at max_len; a wrong answer its minimum (-1.0) at
+    # length 0 and its maximum (-0.5) at max_len.
+    open_r1 = dict(
+        min_value_wrong=-1.0, max_value_wrong=-0.5, min_value_correct=0.5, max_value_correct=1.0
+    )
+    assert cosine_length_reward(0, True, 1000, **open_r1) == pytest.approx(1.0)
+    assert cosine_length_reward(1000, True, 1000, **open_r1) == pytest.approx(0.5)
+    assert cosine_length_reward(0, False, 1000, **open_r1) == pytest.approx(-1.0)
+    assert cosine_length_reward(1000, False, 1000, **open_r1) == pytest.approx(-0.5)
+    # halfway, cos(pi/2) = 0: the mean of the two ends
+    assert cosine_length_reward(500, True, 1000, **open_r1) == pytest.approx(0.75)
+    assert cosine_length_reward(500, False, 1000, **open_r1) == pytest.approx(-0.75)
+    # a quarter in, 1 + cos(pi/4) = 1 + sqrt(2)/2: 0.5 + 0.25 * 1.7071... = 0.92677...
+    assert cosine_length_reward(250, True, 1000, **open_r1) == pytest.approx(0.9267767, abs=1e-6)
+    # a setting that is not symmetric: correct answers from 2.0 (short) down to 0.1 (max_len)
+    wide = dict(min_value_correct=0.1, max_value_correct=2.0)
+    assert cosine_length_reward(0, True, 100, **wide) == pytest.approx(2.0)
+    assert cosine_length_reward(100, True, 100, **wide) == pytest.approx(0.1)
 
 
 def test_cosine_rejects_bad_input():

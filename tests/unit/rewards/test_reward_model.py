@@ -21,7 +21,21 @@ THINK = "<think>\nThe user greets me.\n</think>\n"
 
 
 def test_doctests():
-    assert doctest.testmod(rm_mod).failed == 0
+    result = doctest.testmod(rm_mod)
+    # the module's examples ran (a module without any would pass "failed == 0" vacuously)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_doctest_of_a_wrong_example_fails(monkeypatch):
+    # The check above can fail: an example whose expected output is wrong is counted.
+    monkeypatch.setattr(
+        rm_mod.final_summary,
+        "__doc__",
+        ">>> final_summary('<think>a</think> b')\n'not b'\n",
+    )
+    result = doctest.testmod(rm_mod, report=False)
+    assert result.failed == 1
 
 
 @pytest.mark.parametrize(
