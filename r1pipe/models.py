@@ -8,6 +8,8 @@ vLLM treat it like any other checkpoint.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -180,3 +182,101 @@ def has_plain_kv_cache(model: torch.nn.Module) -> bool:
     types = getattr(cfg, "layer_types", None) or ["full_attention"]
     sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
     return all(t == "full_attention" for t in types) and not sliding
+
+
+# What transformers' causal LMs do to the output layer's logits in their forward, by class:
+# the config attribute (of the text config) and the operation. Checked against the forwards of
+# transformers 5.x (``modeling_*.py``); a value of None means the forward does nothing.
+_SOFTCAP = ("final_logit_softcapping", "softcap")  # logits = tanh(logits / v) * v
+FINAL_LOGIT_TRANSFORMS: dict[str, tuple[str, str]] = {
+    "Gemma2ForCausalLM": _SOFTCAP,
+    "Gemma3ForCausalLM": _SOFTCAP,
+    "Gemma3nForCausalLM": _SOFTCAP,
+    "Gemma3nForConditionalGeneration": _SOFTCAP,
+    "Gemma4ForCausalLM": _SOFTCAP,
+    "Gemma4ForConditionalGeneration": _SOFTCAP,
+    "Gemma4UnifiedForCausalLM": _SOFTCAP,
+    "Gemma4UnifiedForConditionalGeneration": _SOFTCAP,
+    "VaultGemmaForCausalLM": _SOFTCAP,
+    "NanoChatForCausalLM": _SOFTCAP,
+    "RecurrentGemmaForCausalLM": ("logits_soft_cap", "softcap"),
+    "GraniteForCausalLM": ("logits_scaling", "div"),
+    "GraniteSWAForCausalLM": ("logits_scaling", "div"),
+    "GraniteMoeForCausalLM": ("logits_scaling", "div"),
+    "GraniteMoeSWAForCausalLM": ("logits_scaling", "div"),
+    "GraniteMoeSharedForCausalLM": ("logits_scaling", "div"),
+    "GraniteMoeHybridForCausalLM": ("logits_scaling", "div"),
+    # divides the hidden states before its bias-free lm_head: the same as dividing the logits
+    "MiniCPM3ForCausalLM": ("logits_scaling", "div"),
+    "HyperCLOVAXForCausalLM": ("logits_scaling", "mul"),
+    "CohereForCausalLM": ("logit_scale", "mul"),
+    "Cohere2ForCausalLM": ("logit_scale", "mul"),
+    "Cohere2MoeForCausalLM": ("logit_scale", "mul"),
+    "FalconH1ForCausalLM": ("lm_head_multiplier", "mul"),
+}
+# Config attributes that some transformers model applies to its final logits (or to the
+# hidden states right before its output layer). A model of any other class that sets one is
+# refused: how its forward uses the value is unknown here.
+FINAL_LOGIT_ATTRIBUTES = (
+    "final_logit_softcapping",
+    "logits_soft_cap",
+    "output_logit_soft_cap",
+    "logits_scaling",
+    "logit_scale",
+    "lm_head_multiplier",
+    "output_multiplier",
+    "logits_mup_width_multiplier",
+    "unpadded_vocab_size",
+)
+
+# Classes whose forward computes logits otherwise than ``get_output_embeddings()`` of the
+# decoder's last hidden state, in a way no transform of its output can reproduce.
+OTHER_HEADS = {
+    "ModernBertDecoderForCausalLM": "runs a prediction head before its output embeddings",
+    "Gemma4AssistantForCausalLM": "projects its hidden states and masks the vocabulary",
+    "Gemma4UnifiedAssistantForCausalLM": "projects its hidden states and masks the vocabulary",
+}
+
+
+def _softcap(logits: torch.Tensor, value: float) -> torch.Tensor:
+    return torch.tanh(logits / value) * value
+
+
+def _mul(logits: torch.Tensor, value: float) -> torch.Tensor:
+    return logits * value
+
+
+def _div(logits: torch.Tensor, value: float) -> torch.Tensor:
+    return logits / value
+
+
+def final_logit_transform(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ``model``'s forward applies to the output of ``get_output_embeddings()`` (final
+    logit soft-capping, logit scaling), for code that calls the output layer itself; None when
+    nothing. Raises :class:`UserError` for a class in :data:`OTHER_HEADS`, and for a model of
+    a class not in :data:`FINAL_LOGIT_TRANSFORMS` whose config (or text config) sets one of
+    :data:`FINAL_LOGIT_ATTRIBUTES`."""
+    name = type(model).__name__
+    text_cfg = model.config.get_text_config(decoder=True)
+    if name in OTHER_HEADS:
+        raise UserError(
+            f"model type {text_cfg.model_type!r} ({name}) {OTHER_HEADS[name]}: r1pipe's "
+            "log-probs call the output layer itself and cannot reproduce its logits"
+        )
+    if name in FINAL_LOGIT_TRANSFORMS:
+        attr, op = FINAL_LOGIT_TRANSFORMS[name]
+        value = getattr(text_cfg, attr, None)
+        if value is None or (op != "softcap" and float(value) == 1.0):
+            return None
+        return partial({"softcap": _softcap, "mul": _mul, "div": _div}[op], value=float(value))
+    for cfg in (model.config, text_cfg) if text_cfg is not model.config else (text_cfg,):
+        for attr in FINAL_LOGIT_ATTRIBUTES:
+            value = getattr(cfg, attr, None)
+            if value is not None:
+                raise UserError(
+                    f"model type {cfg.model_type!r} ({name}): config.{attr}={value!r} changes "
+                    "the final logits in some transformers models, and r1pipe does not know "
+                    "whether or how this one applies it; its log-probs would not match the "
+                    "sampling distribution"
+                )
+    return None

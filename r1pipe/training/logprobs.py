@@ -3,6 +3,10 @@
 Only completion positions go through the output layer, in chunks of ``chunk_size`` rows;
 with gradients on, each chunk is checkpointed so that backward keeps the hidden states of a
 chunk, not its ``[rows, vocab]`` fp32 logits. Peak extra memory is one chunk's logits.
+The logits get what the model's forward does after its output layer (Gemma-2's soft-capping,
+Granite's and Cohere's logit scaling: :func:`r1pipe.models.final_logit_transform`, in fp32),
+then the temperature, as the sampler divides the model's logits; a model whose final logits
+r1pipe cannot reproduce is refused.
 
 Rows that share a prompt (a GRPO group: G completions of one prompt, consecutive) run the
 prompt through the model once: the prompt pass keeps its KV cache, which is indexed out to
@@ -17,16 +21,26 @@ only to its own longest row; the result is put back in row order, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from r1pipe.models import has_plain_kv_cache
+from r1pipe.models import final_logit_transform, has_plain_kv_cache
+
+Transform = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _chunk_logprobs(
-    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, temperature: float
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    transform: Transform,
+    targets: torch.Tensor,
+    temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()  # [rows, V]
+    if transform is not None:  # the model's own final-logit transform, then the temperature
+        logits = transform(logits)
     if temperature != 1.0:
         logits = logits / temperature
     logz = torch.logsumexp(logits, dim=-1)  # [rows]
@@ -136,6 +150,7 @@ def completion_logprobs(
         ``logprobs [N, T]`` and ``entropy [N, T]`` (entropy carries no gradient).
     """
     module = getattr(model, "module", model)
+    transform = final_logit_transform(module)  # refuses a model whose logits it cannot follow
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     decoder = module.get_decoder()
     T = input_ids.shape[1] - prompt_len
@@ -189,14 +204,19 @@ def completion_logprobs(
         groups = length_buckets(comp_len, bucket_overhead)
     if len(groups) <= 1:  # all rows in their own order, at full width
         return _head_logprobs(
-            hidden(slice(None), T), input_ids[:, prompt_len:], head, temperature, chunk_size
+            hidden(slice(None), T),
+            input_ids[:, prompt_len:],
+            head,
+            transform,
+            temperature,
+            chunk_size,
         )
     lps, ents = [], []
     for group in groups:
         t = max(1, max(comp_len[i] for i in group))
         idx = torch.tensor(group, device=input_ids.device)
         targets = input_ids[idx, prompt_len : prompt_len + t]
-        lp, ent = _head_logprobs(hidden(idx, t), targets, head, temperature, chunk_size)
+        lp, ent = _head_logprobs(hidden(idx, t), targets, head, transform, temperature, chunk_size)
         lps.append(torch.nn.functional.pad(lp, (0, T - t)))
         ents.append(torch.nn.functional.pad(ent, (0, T - t)))
     order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
@@ -208,6 +228,7 @@ def _head_logprobs(
     h: torch.Tensor,
     targets: torch.Tensor,
     head: torch.nn.Module,
+    transform: Transform,
     temperature: float,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +240,11 @@ def _head_logprobs(
     for s in range(0, n * t, chunk_size):
         hc, tc = flat_h[s : s + chunk_size], flat_t[s : s + chunk_size]
         if torch.is_grad_enabled() and hc.requires_grad:
-            lp, ent = checkpoint(_chunk_logprobs, hc, head, tc, temperature, use_reentrant=False)
+            lp, ent = checkpoint(
+                _chunk_logprobs, hc, head, transform, tc, temperature, use_reentrant=False
+            )
         else:
-            lp, ent = _chunk_logprobs(hc, head, tc, temperature)
+            lp, ent = _chunk_logprobs(hc, head, transform, tc, temperature)
         lps.append(lp)
         ents.append(ent.detach())
     return torch.cat(lps).view(n, t), torch.cat(ents).view(n, t)
