@@ -305,7 +305,7 @@ def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
 
     from r1pipe.data.tasks import load_task
     from r1pipe.stages.common import begin_stage
-    from r1pipe.stages.rl_reasoning import KEY, NAME, GRPOTrainer
+    from r1pipe.stages.rl_reasoning import KEY, NAME, GRPOTrainer, Scores
 
     with tempfile.TemporaryDirectory(prefix="bench-r1pipe-") as run_dir:
         cfg, dcfg = _compose(args, run_dir)
@@ -319,7 +319,8 @@ def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
                 _accuracy(task, c.text, examples[i // g].reference)
                 for i, c in enumerate(completions)
             ]
-            return torch.tensor(r, dtype=torch.float32), {"accuracy": sum(r) / len(r)}, {}
+            acc = torch.tensor(r, dtype=torch.float32)
+            return Scores(acc, {"accuracy": sum(r) / len(r)}, {}, acc)
 
         trainer = GRPOTrainer(ctx, rl, reward_fn)
         if not args.allow_eos:

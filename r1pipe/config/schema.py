@@ -290,7 +290,12 @@ class GRPOConfig:
     scale_rewards_std: bool = True
     """Divide advantages by the group std (False: Dr. GRPO)."""
     dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal and sample more prompts to fill the batch."""
+    """Drop flat groups (see ``dynamic_sampling_filter``) and sample more prompts to fill the
+    batch (DAPO); when ``max_sampling_rounds`` run out, flat groups fill it
+    (``flat_groups_in_batch`` in the metrics)."""
+    dynamic_sampling_filter: str = "accuracy"
+    """``accuracy`` (DAPO: a group all right or all wrong is flat; groups without an accuracy,
+    such as rl-all's general prompts, by their total) or ``reward`` (all totals equal)."""
     max_sampling_rounds: int = 3
     overlong_filter: bool = False
     """Truncated completions carry no loss."""
@@ -315,6 +320,7 @@ class GRPOConfig:
     def check(self, prefix: str) -> None:
         """Validate; ``prefix`` is where this block sits (``stage.rl_reasoning``)."""
         p = prefix + "."
+        from r1pipe.rl.grpo import DYNAMIC_SAMPLING_FILTERS as DS_FILTERS
         from r1pipe.rl.grpo import LOSS_AGGREGATIONS
 
         _one_of(self.lr_scheduler, p + "lr_scheduler", ("cosine", "linear", "constant"))
@@ -333,6 +339,13 @@ class GRPOConfig:
         _check(self.kl_coef >= 0, p + "kl_coef", "must be >= 0")
         _check(self.ref_update_every >= 0, p + "ref_update_every", "must be >= 0")
         _check(self.max_sampling_rounds >= 1, p + "max_sampling_rounds", "must be >= 1")
+        _one_of(self.dynamic_sampling_filter, p + "dynamic_sampling_filter", DS_FILTERS)
+        _check(
+            not (self.dynamic_sampling and self.dynamic_sampling_filter == "accuracy")
+            or self.rewards.get("accuracy", 0) != 0,
+            p + "dynamic_sampling_filter",
+            "is accuracy, but rewards.accuracy has weight 0: give it a weight or filter by reward",
+        )
         _check(
             0 < self.overlong_cache_len < self.max_new_tokens or not self.overlong_penalty,
             p + "overlong_cache_len",

@@ -156,3 +156,31 @@ def zero_variance_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e
     """``[B]`` bool: groups whose rewards are all equal (no learning signal; DAPO drops them)."""
     r = rewards.view(-1, group_size)
     return (r.max(dim=1).values - r.min(dim=1).values) <= tol
+
+
+DYNAMIC_SAMPLING_FILTERS = ("accuracy", "reward")
+
+
+def filter_signal(
+    total: torch.Tensor, accuracy: torch.Tensor | None, by: str = "accuracy"
+) -> torch.Tensor:
+    """``[N]`` values whose flat groups dynamic sampling drops.
+
+    ``by="accuracy"`` (DAPO): each completion's accuracy, so a group that is all right or all
+    wrong is flat even when format or length terms spread its total reward (std scaling would
+    blow that spread up into full-size advantages). Completions with no accuracy (NaN, e.g.
+    rl-all's general prompts, or no accuracy reward) use their total. ``by="reward"``: the
+    total reward.
+
+    >>> total = torch.tensor([1.2, 1.2, 1.2, 1.0])
+    >>> acc = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    >>> zero_variance_groups(filter_signal(total, acc), 4).tolist()
+    [True]
+    >>> zero_variance_groups(filter_signal(total, acc, "reward"), 4).tolist()
+    [False]
+    """
+    if by not in DYNAMIC_SAMPLING_FILTERS:
+        raise ValueError(f"dynamic sampling filters by one of {DYNAMIC_SAMPLING_FILTERS}")
+    if by == "reward" or accuracy is None:
+        return total
+    return torch.where(torch.isnan(accuracy), total, accuracy.to(total.dtype))

@@ -69,7 +69,7 @@ from r1pipe.stages.common import (
     heldout_eval,
     stage_guard,
 )
-from r1pipe.stages.rl_reasoning import rule_rewards, run_grpo
+from r1pipe.stages.rl_reasoning import Scores, rule_rewards, run_grpo
 from r1pipe.training.dist import barrier, broadcast_object
 from r1pipe.training.metrics import read_metrics
 
@@ -226,8 +226,8 @@ def _mean(values: list[float]) -> float:
 
 
 class MixedRewards:
-    """The reward function of rl-all: ``(examples, completions) -> (total [N], means,
-    failures)``, rule rewards for reasoning prompts and reward models for general ones.
+    """The reward function of rl-all: ``(examples, completions) -> Scores``, rule rewards
+    for reasoning prompts and reward models for general ones (whose accuracy is NaN).
 
     Group ``g`` of the completions belongs to ``examples[g]``; a whole group has one source.
     ``scorers`` are reward models (or any ``(prompts, responses) -> scores``) by name; a
@@ -245,9 +245,7 @@ class MixedRewards:
         self.cfg, self.rl, self.world = cfg, rl, world_size
         self.general_ids, self.scorers = general_ids, scorers
 
-    def __call__(
-        self, examples: list[Example], completions: list[Completion]
-    ) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
+    def __call__(self, examples: list[Example], completions: list[Completion]) -> Scores:
         G, task, rl = self.rl.group_size, self.cfg.task, self.rl
         source = [
             "general" if examples[i // G].id in self.general_ids else "reasoning"
@@ -256,6 +254,7 @@ class MixedRewards:
         rea = [i for i, s in enumerate(source) if s == "reasoning"]
         gen = [i for i, s in enumerate(source) if s == "general"]
         total = torch.zeros(len(completions))
+        accuracy = torch.full((len(completions),), float("nan"))  # general prompts: none
         means: dict[str, float] = {
             # global counts: every rank holds the same mix (PromptMix), and ranks are averaged
             "reasoning/prompts": len(rea) // G * self.world,
@@ -263,12 +262,15 @@ class MixedRewards:
         }
         failures: dict[str, int] = {}
         if rea:
-            rea_total, rea_means, failures = rule_rewards(
+            scores = rule_rewards(
                 task, rl, [examples[i // G] for i in rea[::G]], [completions[i] for i in rea]
             )
-            total[rea] = rea_total
-            means.update(rea_means)
-            means["reasoning/reward"] = float(rea_total.mean())
+            total[rea] = scores.total
+            if scores.accuracy is not None:
+                accuracy[rea] = scores.accuracy
+            means.update(scores.means)
+            failures = scores.failures
+            means["reasoning/reward"] = float(scores.total.mean())
         if gen:
             parts = self.general_rewards(
                 [examples[i // G].question for i in gen], [completions[i].text for i in gen]
@@ -286,7 +288,7 @@ class MixedRewards:
                 if isinstance(scorer, RewardModel):
                     failures[kind] = scorer.failures
                     scorer.failures = 0
-        return total, means, failures
+        return Scores(total, means, failures, accuracy)
 
     def general_rewards(self, prompts: list[str], texts: list[str]) -> dict[str, list[float]]:
         """Each reward of general prompts, unweighted: reward models and rule rewards."""

@@ -4,8 +4,10 @@ Each step, in order:
 
 1. **Rollout.** Every rank takes its share of ``prompts_per_step`` prompts (a seeded order,
    a pure function of the step) and samples ``group_size`` completions per prompt with the
-   current policy. With ``dynamic_sampling``, groups whose rewards are all equal are dropped
-   and more prompts are sampled until the rank's quota is full (DAPO).
+   current policy. With ``dynamic_sampling``, groups whose accuracy is all 0 or all 1 are
+   dropped and more prompts are sampled until the rank's quota is full (DAPO;
+   ``dynamic_sampling_filter=reward`` filters on equal total rewards instead). When
+   ``max_sampling_rounds`` run out, flat groups fill the batch (``flat_groups_in_batch``).
 2. **Reward.** Rule rewards (accuracy, ``<think>`` format, language consistency, optional
    length rewards and the soft overlong penalty), weighted per config; a reward that raises
    or times out gives 0 for that sample and is counted.
@@ -33,6 +35,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +51,7 @@ from r1pipe.generation.hf import HFGenerator
 from r1pipe.models import load_model, load_tokenizer
 from r1pipe.rewards.combine import compute_rewards
 from r1pipe.rl.grpo import (
+    filter_signal,
     group_advantages,
     loss_normalizer,
     policy_loss,
@@ -70,6 +74,10 @@ from r1pipe.training.engine import TrainEngine
 from r1pipe.training.logprobs import BUCKET_OVERHEAD_TOKENS, completion_logprobs
 
 NAME, KEY = "rl-reasoning", "rl_reasoning"
+REFERENCE_FILE = "reference.pt"
+# rollout statistics summed over ranks (the others are averaged)
+SUMMED_STATS = ("reward_failures", "generated_tokens", "flat_groups_in_batch")
+RewardFn = Callable[[list[Example], list[Completion]], "Scores"]
 
 # The R1 paper's "aha moment": the model learns to re-check its work.
 REFLECTION_WORDS = re.compile(
@@ -147,11 +155,21 @@ def build_batch(
     return ids, mask, P, comp_mask
 
 
+@dataclass
+class Scores:
+    """The rewards of one rollout's completions (``N = prompts x G``)."""
+
+    total: torch.Tensor  # [N] weighted reward
+    means: dict[str, float]  # each reward's mean, logged as reward/NAME (or NAME with a "/")
+    failures: dict[str, int]  # reward name -> samples on which it raised or timed out
+    accuracy: torch.Tensor | None = None  # [N] accuracy; NaN where a prompt has none
+
+
 def rule_rewards(
     task: TaskConfig, rl: GRPOConfig, examples: list[Example], completions: list[Completion]
-) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
+) -> Scores:
     """The rule rewards weighted by ``rl.rewards``: completion ``i`` answers
-    ``examples[i // group_size]``. Returns (total [N], each reward's mean, failures)."""
+    ``examples[i // group_size]``."""
     res = compute_rewards(
         [c.text for c in completions],
         [examples[i // rl.group_size].reference for i in range(len(completions))],
@@ -166,7 +184,13 @@ def rule_rewards(
         timeout_s=rl.reward_timeout_s,
     )
     means = {k: sum(v) / max(1, len(v)) for k, v in res.per_reward.items()}
-    return torch.tensor(res.total, dtype=torch.float32), means, dict(res.failures)
+    acc = res.per_reward.get("accuracy")
+    return Scores(
+        torch.tensor(res.total, dtype=torch.float32),
+        means,
+        dict(res.failures),
+        None if acc is None else torch.tensor(acc, dtype=torch.float32),
+    )
 
 
 class GRPOTrainer:
@@ -175,9 +199,10 @@ class GRPOTrainer:
     Args:
         ctx: The stage context.
         rl: The GRPO knobs.
-        reward_fn: ``(examples, completions) -> (total [N], per-reward means, failures)``;
-            the default scores with the rule rewards of ``ctx.cfg.task``. Means are logged
-            as ``reward/NAME``; a name with a ``/`` (rl-all's ``general/helpfulness``) as is.
+        reward_fn: ``(examples, completions) -> Scores``; the default scores with the rule
+            rewards of ``ctx.cfg.task``. Means are logged as ``reward/NAME``; a name with a
+            ``/`` (rl-all's ``general/helpfulness``) as is. ``Scores.accuracy`` is what
+            dynamic sampling filters on (``dynamic_sampling_filter=accuracy``).
         prompt_batch: ``(step, sampling_round) -> the step's prompts_per_step examples``
             (rank r takes the r-th contiguous share); default: a seeded order over ``train``.
         prompt_text: ``(example, tokenizer) -> prompt text``; default: the task's template.
@@ -187,7 +212,7 @@ class GRPOTrainer:
         self,
         ctx: StageContext,
         rl: GRPOConfig,
-        reward_fn: Any = None,
+        reward_fn: RewardFn | None = None,
         *,
         prompt_batch: Callable[[int, int], list[Example]] | None = None,
         prompt_text: Callable[[Example, Any], str] | None = None,
@@ -215,8 +240,9 @@ class GRPOTrainer:
             weight_decay=rl.weight_decay,
             betas=(rl.adam_beta1, rl.adam_beta2),
             eps=rl.adam_eps,
+            # the schedule counts optimizer steps: mu per RL step, warm-up included
             total_steps=rl.max_steps * rl.mu,
-            warmup_steps=int(rl.warmup_ratio * rl.max_steps),
+            warmup_steps=int(rl.warmup_ratio * rl.max_steps * rl.mu),
             lr_scheduler=rl.lr_scheduler,
             min_lr_ratio=rl.min_lr_ratio,
             micro_batch_size=min(rl.micro_batch_size, n_rank),
@@ -277,11 +303,44 @@ class GRPOTrainer:
         else:
             self.ref.load_state_dict(policy.state_dict())
 
+    def save_reference(self, path: Path) -> None:
+        """Write the reference's full weights to ``path/reference.pt`` (rank 0). Collective
+        under ZeRO-3, where each rank holds a shard: every rank must call it."""
+        import deepspeed
+
+        assert self.ref is not None
+        params = dict(self.ref.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), enabled=self.zero3):
+            if self.dist.is_main:
+                path.mkdir(parents=True, exist_ok=True)
+                full = {k: p.detach().cpu().clone() for k, p in params.items()}
+                torch.save(full, path / REFERENCE_FILE)
+
+    def load_reference(self, path: Path) -> bool:
+        """Restore the reference from ``path/reference.pt`` if it is there (collective under
+        ZeRO-3: rank 0 reads, the shards are scattered). Returns whether it was restored."""
+        import deepspeed
+
+        assert self.ref is not None
+        file = path / REFERENCE_FILE
+        if not file.exists():  # written only once a refresh made it differ from the start
+            return False
+        params = dict(self.ref.named_parameters())
+        with deepspeed.zero.GatheredParameters(
+            list(params.values()), modifier_rank=0, enabled=self.zero3
+        ):
+            if self.dist.is_main or not self.zero3:
+                saved = torch.load(file, map_location="cpu", weights_only=True)
+                missing = sorted(set(params) - set(saved))
+                if missing:
+                    raise UserError(f"{file}: no weights for {missing[:3]} (not this model's)")
+                for k, p in params.items():
+                    p.data.copy_(saved[k].to(p.device, p.dtype))
+        return True
+
     # ---- rollout and reward ------------------------------------------------------------
 
-    def rule_rewards(
-        self, examples: list[Example], completions: list[Completion]
-    ) -> tuple[torch.Tensor, dict[str, float], dict[str, int]]:
+    def rule_rewards(self, examples: list[Example], completions: list[Completion]) -> Scores:
         return rule_rewards(self.cfg.task, self.rl, examples, completions)
 
     def prompt_text(self, example: Example) -> str:
@@ -289,9 +348,8 @@ class GRPOTrainer:
             return self._prompt_text(example, self.tokenizer)
         return build_prompt(example.question, self.cfg.task, self.tokenizer)
 
-    def sample(
-        self, examples: list[Example]
-    ) -> tuple[list[Completion], torch.Tensor, dict[str, float], dict[str, int]]:
+    def sample(self, examples: list[Example]) -> tuple[list[Completion], Scores]:
+        """``group_size`` completions per example and their scores (overlong penalty added)."""
         rl = self.rl
         prompts = [self.prompt_text(e) for e in examples]
         params = SamplingParams(
@@ -305,9 +363,9 @@ class GRPOTrainer:
         groups = self.generator.generate(prompts, params)
         completions = [c for g in groups for c in g]
         t0 = time.perf_counter()
-        rewards, means, failures = self.reward_fn(examples, completions)
+        scores = self.reward_fn(examples, completions)
         if rl.overlong_penalty:
-            rewards = rewards + torch.tensor(
+            scores.total = scores.total + torch.tensor(
                 [
                     soft_overlong_penalty(
                         len(c.token_ids), rl.max_new_tokens, rl.overlong_cache_len
@@ -316,7 +374,7 @@ class GRPOTrainer:
                 ]
             )
         self._reward_time += time.perf_counter() - t0
-        return completions, rewards, means, failures
+        return completions, scores
 
     def rollout(self, step: int, train: list[Example]) -> tuple[Rollout, dict[str, Any]]:
         """Sample, score and build this rank's batch for ``step``."""
@@ -342,14 +400,18 @@ class GRPOTrainer:
                 )
                 mine = order[dist.rank * quota : (dist.rank + 1) * quota]
                 examples = [train[i] for i in mine]
-            completions, rewards, means, fails = self.sample(examples)
-            for k, v in means.items():
+            completions, scores = self.sample(examples)
+            rewards = scores.total
+            for k, v in scores.means.items():
                 reward_means.setdefault(k, []).append(v)
-            for k, v in fails.items():
+            for k, v in scores.failures.items():
                 failures[k] = failures.get(k, 0) + v
-            flat = zero_variance_groups(rewards, rl.group_size)
-            zero_var += int(flat.sum())
+            zero_var += int(zero_variance_groups(rewards, rl.group_size).sum())
             total_groups += len(examples)
+            # DAPO drops groups that are all right or all wrong: by accuracy, not the total,
+            # which format or length terms can spread while the answers carry no signal
+            signal = filter_signal(rewards, scores.accuracy, rl.dynamic_sampling_filter)
+            flat = zero_variance_groups(signal, rl.group_size)
             G = rl.group_size
             for g, ex in enumerate(examples):
                 group = (ex, completions[g * G : (g + 1) * G], rewards[g * G : (g + 1) * G])
@@ -357,12 +419,15 @@ class GRPOTrainer:
             if len(kept) >= quota:
                 break
         chosen = (kept + flat_groups)[:quota]
+        flat_in_batch = max(0, len(chosen) - len(kept))  # rounds ran out: flat groups filled it
         kept_ex = [ex for ex, _, _ in chosen]
         kept_comp = [c for _, comps, _ in chosen for c in comps]
         rewards = torch.cat([r for _, _, r in chosen])
         gen_time = time.perf_counter() - t0 - self._reward_time
 
         advantages = group_advantages(rewards, rl.group_size, scale_std=rl.scale_rewards_std)
+        if flat_in_batch:  # fillers carry no signal in the filter's terms: no advantage
+            advantages[-flat_in_batch * rl.group_size :] = 0.0
         prompt_ids = [
             self.tokenizer(self.prompt_text(e), add_special_tokens=False)["input_ids"]
             for e in kept_ex
@@ -387,6 +452,7 @@ class GRPOTrainer:
             "response_length_max": float(lengths.max()),
             "truncation_rate": float(truncated.float().mean()),
             "zero_variance_groups": zero_var / max(1, total_groups),
+            "flat_groups_in_batch": flat_in_batch,
             "reflection_rate": sum(r > 0 for r in reflections) / len(reflections),
             "reflection_words_per_response": sum(reflections) / len(reflections),
             "reward_failures": sum(failures.values()),
@@ -497,7 +563,7 @@ def run_grpo(
     rl: GRPOConfig,
     train: list[Example],
     held_out: list[Example],
-    reward_fn: Any = None,
+    reward_fn: RewardFn | None = None,
     *,
     prompt_batch: Callable[[int, int], list[Example]] | None = None,
     prompt_text: Callable[[Example, Any], str] | None = None,
@@ -511,9 +577,8 @@ def run_grpo(
     if ctx.resume_from is not None:
         state = engine.load_checkpoint(ctx.resume_from)
         start_step = int(state["step"])
-        ref_file = ctx.resume_from / "reference.pt"
-        if trainer.ref is not None and ref_file.exists() and not trainer.zero3:
-            trainer.ref.load_state_dict(torch.load(ref_file, weights_only=True))
+        if trainer.ref is not None and trainer.load_reference(ctx.resume_from):
+            ctx.log(f"reference model restored from {ctx.run_dir.rel(ctx.resume_from)}")
     log = ctx.metrics_logger(start_step)
     ctx.log(
         f"GRPO: {rl.max_steps} steps x {rl.prompts_per_step} prompts x G={rl.group_size}, "
@@ -541,7 +606,7 @@ def run_grpo(
             # every rank's rollout statistics, averaged (sums for counts)
             for k in list(stats):
                 stats[k] = all_reduce_sum(stats[k], dist.device) / (
-                    1 if k in ("reward_failures", "generated_tokens") else dist.world_size
+                    1 if k in SUMMED_STATS else dist.world_size
                 )
             record = {
                 "step": done,
@@ -571,11 +636,10 @@ def run_grpo(
                 log.log(record)
                 last = record
             if rl.save_every and done % rl.save_every == 0 and done < rl.max_steps:
-                if trainer.ref is not None and not trainer.zero3 and dist.is_main:
-                    # before the engine's save, which marks the checkpoint COMPLETE last
-                    path = ctx.checkpoints_dir / f"step-{done}"
-                    path.mkdir(parents=True, exist_ok=True)
-                    torch.save(trainer.ref.state_dict(), path / "reference.pt")
+                if trainer.ref is not None and rl.ref_update_every and done > rl.ref_update_every:
+                    # a refreshed reference is not the start model; saved before the engine's
+                    # save, which marks the checkpoint COMPLETE last
+                    trainer.save_reference(ctx.checkpoints_dir / f"step-{done}")
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
             maybe_fault(done)
     engine.export_hf(ctx.final_dir, trainer.tokenizer)

@@ -156,3 +156,59 @@ def test_rl_under_torchrun_zero3(rl_run, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
     assert rows[0]["generated_tokens"] > 0
     assert manifest(run_dir)["stages"]["rl-reasoning"]["status"] == "completed"
+
+
+def test_warmup_counts_optimizer_steps_with_mu(smoke_run, tmp_path):
+    """4 RL steps x mu 2 = 8 optimizer steps; warmup_ratio 0.5 -> 4 warm-up steps. The logged
+    lr is the mean over the step's two optimizer steps of the rate after each, f(k) =
+    (k + 1) / 4 while k < 4: step 1 (f(1) + f(2)) / 2 = 0.625, then 1.0 (warm-up of 2 optimizer
+    steps, as before the fix, would give 1.0 from step 1)."""
+    ok(
+        cli(
+            "stage",
+            "rl-reasoning",
+            "conf=smoke",
+            f"run.dir={tmp_path}",
+            f"model.path={smoke_run / 'cold-start' / 'checkpoint'}",
+            "stage.rl_reasoning.mu=2",
+            "stage.rl_reasoning.lr=1e-4",
+            "stage.rl_reasoning.lr_scheduler=constant",
+            "stage.rl_reasoning.warmup_ratio=0.5",
+            "stage.rl_reasoning.save_every=0",
+        )
+    )
+    lrs = [r["lr"] for r in metrics(tmp_path, "rl-reasoning")]
+    assert lrs == pytest.approx([0.625e-4, 1e-4, 1e-4, 1e-4], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_zero3_resume_restores_the_refreshed_reference(smoke_run, tmp_path):
+    """2 ranks, ZeRO-3: the reference is reset to the policy at step 3 (ref_update_every 2),
+    saved in the step-3 checkpoint and must come back on resume: step 4's KL (to that
+    reference) equals the uninterrupted run's. Going back to the start model as reference
+    gives a larger KL."""
+    common = (
+        "stage",
+        "rl-reasoning",
+        "conf=smoke",
+        f"model.path={smoke_run / 'cold-start' / 'checkpoint'}",
+        "deepspeed=zero3",
+        "stage.rl_reasoning.kl_coef=0.05",
+        "stage.rl_reasoning.ref_update_every=2",
+        "stage.rl_reasoning.save_every=3",
+        "stage.rl_reasoning.lr=1e-3",
+        # the smoke model is never right: a length reward spreads every group, so it learns
+        "+stage.rl_reasoning.rewards.kimi_length=1.0",
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    ok(cli(*common, f"run.dir={straight}", nproc=2))
+    killed = cli(*common, f"run.dir={resumed}", nproc=2, env={"R1PIPE_FAULT_AT_STEP": "3"})
+    assert killed.returncode != 0
+    assert (resumed / "rl-reasoning" / "checkpoints" / "step-3" / "reference.pt").is_file()
+    res = ok(cli(*common, f"run.dir={resumed}", nproc=2))
+    assert "reference model restored" in res.stderr
+    a, b = metrics(straight, "rl-reasoning"), metrics(resumed, "rl-reasoning")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert a[3]["kl"] > 0
+    assert b[3]["kl"] == pytest.approx(a[3]["kl"], rel=1e-4, abs=1e-9)
+    assert b[3]["loss"] == pytest.approx(a[3]["loss"], rel=1e-4, abs=1e-7)

@@ -74,7 +74,10 @@ def test_mixed_rewards_rule_rewards_for_reasoning_reward_models_for_general():
         "<think>stupid</think> Hello!",  # summary 6 chars, harmful, formatted
         "Hello there",  # 11 chars, no think block: format 0
     ]
-    total, means, failures = rewards(examples, [_completion(t) for t in texts])
+    scores = rewards(examples, [_completion(t) for t in texts])
+    total, means, failures = scores.total, scores.means, scores.failures
+    # dynamic sampling reads the accuracy: reasoning prompts only, NaN for general ones
+    assert scores.accuracy[:2].tolist() == [1.0, 0.0] and scores.accuracy[2:].isnan().all()
     assert total.tolist() == pytest.approx(
         [1.2, 0.2, 0.5 * 6 + 2.0 * -1.0 + 0.2 * 1.0, 0.5 * 11 + 0.0 + 0.2 * 0.0]
     )
@@ -95,6 +98,6 @@ def test_mixed_rewards_reasoning_only_batch_has_no_general_metrics():
         cfg, rl, 2, {e.id for e in GENERAL}, {"helpfulness": None, "harmlessness": None}
     )
     texts = ["<think>x</think> <answer>2</answer>", "no"]
-    _, means, _ = rewards([REASONING[1]], [_completion(t) for t in texts])
+    means = rewards([REASONING[1]], [_completion(t) for t in texts]).means
     assert means["general/prompts"] == 0 and means["reasoning/prompts"] == 2  # 2 ranks
     assert not any(k.startswith("general/") and k != "general/prompts" for k in means)
