@@ -311,7 +311,7 @@ def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
         cfg, dcfg = _compose(args, run_dir)
         rl, task = cfg.stage.rl_reasoning, cfg.task
         ctx = begin_stage(NAME, KEY, cfg, dcfg)
-        train, _ = load_task(task, cfg.run.seed)
+        train, _ = load_task(task)
 
         def reward_fn(examples: list[Any], completions: list[Any]) -> Any:
             g = len(completions) // len(examples)
@@ -388,7 +388,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     if task.template != "chat":
         sys.exit("the TRL side needs task.template=chat (conversational prompts)")
     total = args.warmup + args.steps
-    train, _ = load_task(task, cfg.run.seed)
+    train, _ = load_task(task)
     order = _step_prompts(cfg, train, total)
     examples = [train[i] for step in order for i in step]
 

@@ -142,6 +142,9 @@ class TaskConfig:
     """Digits per operand of the synthetic addition task."""
     num_operands: int = 2
     train_size: int = 4000
+    split_seed: int = 0
+    """Seed of the synthetic problems and their train/held-out split. Apart from ``run.seed``
+    so that runs with different seeds train and are scored on the same problems."""
     eval_size: int = 200
     """Held-out prompts used for ``STAGE/eval.json`` (for jsonl tasks: the first N of eval_file)."""
     # -- jsonl

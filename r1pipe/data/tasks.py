@@ -1,6 +1,6 @@
 """Task builders: the synthetic task from a seed, or local JSONL files through ``datasets``.
 
-``load_task(cfg.task, seed)`` returns ``(train, held_out)`` lists of
+``load_task(cfg.task)`` returns ``(train, held_out)`` lists of
 :class:`~r1pipe.data.types.Example`. A bad file or row raises one
 :class:`~r1pipe.errors.UserError` naming the file, the line and the field.
 """
@@ -22,7 +22,7 @@ from r1pipe.rewards.parsing import extract_answer, extract_gsm8k_reference
 _CALC = re.compile(r"<<[^>]*>>")
 
 
-def load_task(cfg: TaskConfig, seed: int) -> tuple[list[Example], list[Example]]:
+def load_task(cfg: TaskConfig) -> tuple[list[Example], list[Example]]:
     """Build (train, held-out) examples for the task in ``cfg``."""
     if cfg.kind == "addition":
         try:
@@ -31,7 +31,7 @@ def load_task(cfg: TaskConfig, seed: int) -> tuple[list[Example], list[Example]]
                 num_operands=cfg.num_operands,
                 train_size=cfg.train_size,
                 eval_size=cfg.eval_size,
-                seed=seed,
+                seed=cfg.split_seed,
                 answer_format=cfg.answer_format,
             )
         except ValueError as e:

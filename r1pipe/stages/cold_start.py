@@ -71,7 +71,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     if ctx.skipped is not None:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
-        train, held_out = load_task(cfg.task, cfg.run.seed)
+        train, held_out = load_task(cfg.task)
         missing = [e.id for e in train if not e.response]
         if missing:
             raise UserError(

@@ -49,7 +49,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         ds = cfg.stage.distill
-        _, held_out = load_task(cfg.task, cfg.run.seed)
+        _, held_out = load_task(cfg.task)
         train_file = ctx.stage_dir / "train.jsonl"
         if ctx.resume_from is not None and train_file.is_file():
             rows = read_samples(train_file, "train")

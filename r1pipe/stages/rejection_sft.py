@@ -108,7 +108,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
                 f"{sorted(LANGUAGE_SCRIPTS)}, got {rs.filters.target_language!r}"
             )
         # Everything that can be wrong with the input fails here, before any sampling.
-        train, held_out = load_task(cfg.task, cfg.run.seed)
+        train, held_out = load_task(cfg.task)
         general = (
             load_general(rs.general_file, f"stage.{KEY}.general_file") if rs.general_file else []
         )

@@ -84,7 +84,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         rl = cfg.stage.rl_all
-        reasoning, held_out = load_task(cfg.task, cfg.run.seed)
+        reasoning, held_out = load_task(cfg.task)
         general, general_held_out = split_general(rl, cfg.run.seed)
         scorers = load_reward_models(ctx, rl)
         mix = PromptMix(reasoning, general, rl, ctx.dist.world_size, cfg.run.seed)

@@ -93,7 +93,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     if ctx.skipped is not None:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
-        train, held_out = load_task(cfg.task, cfg.run.seed)
+        train, held_out = load_task(cfg.task)
         metrics = run_grpo(ctx, cfg.stage.rl_reasoning, train, held_out)
         metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))
         finish_stage(ctx, metrics)

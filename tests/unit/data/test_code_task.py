@@ -53,7 +53,7 @@ def test_sample_loads_and_every_reference_solution_passes():
             overrides,
         )
     )
-    train, held = load_task(task, 0)
+    train, held = load_task(task)
     assert len(train) == len(held) == 12
     suites = [parse_reference(e.reference) for e in train]
     assert sum(1 for suite, _, _ in suites if suite.io) == 2  # two stdin/stdout problems
@@ -80,20 +80,20 @@ def test_bad_rows_name_file_and_line(tmp_path):
         path = tmp_path / "bad.jsonl"
         path.write_text(good + "\n" + json.dumps(row) + "\n")
         with pytest.raises(UserError, match=f"{path}:2: .*{needle}"):
-            load_task(_task(path), 0)
+            load_task(_task(path))
 
 
 def test_tests_as_json_text_inside_a_string(tmp_path):
     path = tmp_path / "apps.jsonl"
     row = {"question": "q", "tests": json.dumps({"inputs": ["1\n"], "outputs": ["1\n"]})}
     path.write_text(json.dumps(row) + "\n")
-    (example,), _ = load_task(_task(path), 0)
+    (example,), _ = load_task(_task(path))
     assert parse_reference(example.reference)[0].io == (("1\n", "1\n"),)
 
 
 def test_sandbox_that_cannot_run_fails_at_load():
     with pytest.raises(UserError, match="task.code: the sandbox cannot run Python"):
-        load_task(_task(SAMPLE, python="/nonexistent/python3"), 0)
+        load_task(_task(SAMPLE, python="/nonexistent/python3"))
 
 
 def test_config_checks():

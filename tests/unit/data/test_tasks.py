@@ -53,7 +53,7 @@ def _gsm8k_cfg(train, test):
 def test_gsm8k_jsonl_loader_real_sample():
     f = ASSETS / "gsm8k_sample.jsonl"
     cfg = _gsm8k_cfg(f, f)
-    train, held = load_task(cfg.task, 0)
+    train, held = load_task(cfg.task)
     assert len(train) == 50
     first = json.loads(f.read_text().splitlines()[0])
     assert train[0].reference == first["answer"].split("####")[1].strip().replace(",", "")
@@ -70,7 +70,7 @@ def test_math_jsonl_loader_real_sample():
     cfg, _ = compose(
         ["task=math", f"task.train_file={f}", f"task.eval_file={f}", "task.eval_size=10"]
     )
-    train, held = load_task(cfg.task, 0)
+    train, held = load_task(cfg.task)
     assert len(train) == 50 and len(held) == 10
     assert held[0].id.startswith("test/")
 
@@ -78,7 +78,7 @@ def test_math_jsonl_loader_real_sample():
 def test_missing_file_named(tmp_path):
     cfg = _gsm8k_cfg(tmp_path / "nope.jsonl", tmp_path / "nope.jsonl")
     with pytest.raises(UserError, match=r"task.train_file=.*nope.jsonl: no such file"):
-        load_task(cfg.task, 0)
+        load_task(cfg.task)
 
 
 def test_row_without_field_names_file_line_and_field(tmp_path):
@@ -91,7 +91,7 @@ def test_row_without_field_names_file_line_and_field(tmp_path):
     )
     cfg = _gsm8k_cfg(f, f)
     with pytest.raises(UserError, match=r"d.jsonl:2: row has no field 'answer'"):
-        load_task(cfg.task, 0)
+        load_task(cfg.task)
 
 
 def test_bad_json_line_named(tmp_path):
@@ -99,7 +99,7 @@ def test_bad_json_line_named(tmp_path):
     f.write_text(json.dumps({"question": "q1", "answer": "a #### 1"}) + "\n{oops\n")
     cfg = _gsm8k_cfg(f, f)
     with pytest.raises(UserError, match=r"d.jsonl:2: not valid JSON"):
-        load_task(cfg.task, 0)
+        load_task(cfg.task)
 
 
 def test_gsm8k_answer_without_marker_named(tmp_path):
@@ -107,4 +107,20 @@ def test_gsm8k_answer_without_marker_named(tmp_path):
     f.write_text(json.dumps({"question": "q1", "answer": "just 4"}) + "\n")
     cfg = _gsm8k_cfg(f, f)
     with pytest.raises(UserError, match=r"d.jsonl:1: answer has no '####"):
-        load_task(cfg.task, 0)
+        load_task(cfg.task)
+
+
+def test_run_seed_does_not_move_the_held_out_problems():
+    """Seeds vary sampling and order; the problems come from task.split_seed alone."""
+
+    def problems(*overrides):
+        cfg, _ = compose(["conf=smoke", *overrides])
+        train, held = load_task(cfg.task)
+        return [e.question for e in train], [e.question for e in held]
+
+    train0, held0 = problems()
+    train1, held1 = problems("run.seed=1")
+    assert held1 == held0 and train1 == train0
+    train2, held2 = problems("task.split_seed=1")
+    assert held2 != held0
+    assert not set(held2) & set(train2)  # its own split is still disjoint
