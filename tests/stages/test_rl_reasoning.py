@@ -212,3 +212,45 @@ def test_zero3_resume_restores_the_refreshed_reference(smoke_run, tmp_path):
     assert a[3]["kl"] > 0
     assert b[3]["kl"] == pytest.approx(a[3]["kl"], rel=1e-4, abs=1e-9)
     assert b[3]["loss"] == pytest.approx(a[3]["loss"], rel=1e-4, abs=1e-7)
+
+
+def _inner_steps(smoke_run, tmp_path, *overrides) -> list[dict]:
+    import os
+    import subprocess
+
+    out = tmp_path / "stats.json"
+    cmd = torchrun(
+        1,
+        str(ROOT / "tests" / "dist" / "grpo_inner.py"),
+        str(smoke_run / "base-model"),
+        str(out),
+        f"run.dir={tmp_path / 'run'}",
+        "stage.rl_reasoning.prompts_per_step=4",
+        "stage.rl_reasoning.group_size=4",
+        "stage.rl_reasoning.micro_batch_size=16",
+        "stage.rl_reasoning.lr=0.05",
+        "stage.rl_reasoning.kl_coef=0.05",
+        *overrides,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests" / "dist")}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_one_inner_step_never_clips_and_a_refreshed_reference_has_zero_kl(smoke_run, tmp_path):
+    """mu 1: the ratio is exactly 1 (nothing clips). KL is 0 against the start model before the
+    first update, > 0 once the policy moved, and 0 again after the reference is reset to it."""
+    s1, s2, s3 = _inner_steps(smoke_run, tmp_path, "stage.rl_reasoning.mu=1")
+    assert s1["clip_frac"] == 0 and s2["clip_frac"] == 0
+    assert s1["kl"] == pytest.approx(0, abs=1e-9)
+    assert s2["kl"] > 1e-6
+    assert s3["kl"] == pytest.approx(0, abs=1e-9)
+
+
+def test_inner_steps_keep_the_sampling_policys_logprobs(smoke_run, tmp_path):
+    """mu 2: the second optimizer step's ratio is against the log-probs of the policy that
+    sampled, which the first step moved away from (lr 0.05): tokens clip. Recomputing the old
+    log-probs per inner step would give ratio 1 and no clipping."""
+    s1, _, _ = _inner_steps(smoke_run, tmp_path, "stage.rl_reasoning.mu=2")
+    assert s1["clip_frac"] > 0.01

@@ -1,0 +1,35 @@
+"""Three GRPO updates on one fixed rollout batch, the reference reset to the policy before the
+third; run with torchrun. Writes rank 0's ``[stats, stats, stats]`` to argv[2].
+
+Used by tests/stages/test_rl_reasoning.py: ``mu > 1`` must reuse the log-probs of the policy
+that sampled (so its inner steps clip), and a refreshed reference must equal the policy."""
+
+import json
+import sys
+from pathlib import Path
+
+from grpo_step import global_batch
+
+from r1pipe.config import compose
+from r1pipe.stages.common import begin_stage
+from r1pipe.stages.rl_reasoning import GRPOTrainer
+
+
+def main() -> None:
+    base, out, *overrides = sys.argv[1:]
+    cfg, dcfg = compose(["conf=smoke", f"model.path={base}", *overrides])
+    ctx = begin_stage("rl-reasoning", "rl_reasoning", cfg, dcfg)
+    trainer = GRPOTrainer(ctx, cfg.stage.rl_reasoning)
+    rl = cfg.stage.rl_reasoning
+    batch = global_batch(
+        rl.prompts_per_step * rl.group_size, rl.group_size, 6, 9, len(trainer.tokenizer)
+    )
+    stats = [trainer.train_on(batch), trainer.train_on(batch)]
+    trainer.refresh_reference()
+    stats.append(trainer.train_on(batch))
+    if ctx.dist.is_main:
+        Path(out).write_text(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()
