@@ -447,7 +447,7 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
 
     import torch
 
-    from r1pipe.generation.hf import HFGenerator
+    from r1pipe.generation.build import build_generator
     from r1pipe.models import load_model, load_tokenizer, resolve_dtype
     from r1pipe.training.dist import DistInfo, all_gather_objects, init_distributed
 
@@ -466,14 +466,7 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         # small model that never stops run for hours.
         log(f"[bold cyan]\\[eval][/] max_new_tokens {ev.max_new_tokens} -> {context} (context)")
         ev = dataclasses.replace(ev, max_new_tokens=context)
-    generator = HFGenerator(
-        model,
-        tokenizer,
-        batch_size=ev.batch_size,
-        decoder=cfg.generation.decoder,
-        num_threads=cfg.generation.num_threads,
-        fused_step=cfg.generation.fused_step,
-    )
+    generator = build_generator(model, tokenizer, cfg.generation, batch_size=ev.batch_size)
     log(
         f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "
         f"k={ev.num_samples}, temperature {ev.temperature}, top-p {ev.top_p}, max "

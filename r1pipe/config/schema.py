@@ -8,14 +8,18 @@ turns the composed config into these objects.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
+from r1pipe.errors import UserError
 
-class ConfigError(ValueError):
-    """A config value is inconsistent; the message names the key."""
+
+class ConfigError(ValueError, UserError):
+    """A config value is inconsistent; the message names the key. A :class:`UserError`, so
+    one raised after composition (e.g. by ``build_generator``) is still one line, exit 2."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -25,6 +29,18 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+def _language(value: str, key: str) -> None:
+    # imported here: the language table lives with the reward that uses it
+    from r1pipe.rewards.language import LANGUAGE_SCRIPTS
+
+    _one_of(value, key, tuple(sorted(LANGUAGE_SCRIPTS)))
+
+
+def _weights(weights: dict[str, float], key: str) -> None:
+    for name, weight in weights.items():
+        _check(math.isfinite(weight), f"{key}.{name}", f"must be a finite weight, got {weight}")
 
 
 @dataclass
@@ -182,10 +198,20 @@ class TaskConfig:
         _one_of(self.template, "task.template", ("chat", "r1_zero"))
         _one_of(self.reference, "task.reference", ("field", "gsm8k", "boxed"))
         _check(self.eval_size > 0, "task.eval_size", "must be > 0")
+        _check(self.tolerance >= 0, "task.tolerance", "must be >= 0")  # also rejects NaN
         if self.kind == "addition":
             _check(1 <= self.num_digits <= 12, "task.num_digits", "must be in 1..12")
             _check(self.num_operands >= 2, "task.num_operands", "must be >= 2")
             _check(self.train_size > 0, "task.train_size", "must be > 0")
+            # the problems r1pipe.data.synthetic.addition_splits draws from
+            space = (9 * 10 ** (self.num_digits - 1)) ** self.num_operands
+            _check(
+                self.eval_size < space,
+                "task.eval_size",
+                f"({self.eval_size}) must be below the {space} distinct problems of "
+                f"task.num_digits={self.num_digits}, task.num_operands={self.num_operands} "
+                "(none would be left to train on)",
+            )
         else:
             _check(self.train_file is not None, "task.train_file", "is required for kind=jsonl")
             _check(self.eval_file is not None, "task.eval_file", "is required for kind=jsonl")
@@ -363,6 +389,10 @@ class GRPOConfig:
         known = ("accuracy", "format", "language", "kimi_length", "cosine_length")
         for name in self.rewards:
             _check(name in known, p + f"rewards.{name}", f"unknown reward; known: {list(known)}")
+        _weights(self.rewards, p + "rewards")
+        # checked even while the language reward is off: a typo is a typo
+        _language(self.target_language, p + "target_language")
+        _check(self.reward_timeout_s > 0, p + "reward_timeout_s", "must be > 0")
         _check(
             any(w != 0 for w in self.rewards.values()),
             p + "rewards",
@@ -390,6 +420,7 @@ class RewardModelConfig:
 
     def check(self, prefix: str) -> None:
         p = prefix + "."
+        _check(math.isfinite(self.weight), p + "weight", "must be finite")
         _check(self.batch_size > 0, p + "batch_size", "must be > 0")
         _check(self.max_length > 0, p + "max_length", "must be > 0")
         _check(self.path is None or bool(self.path.strip()), p + "path", "must not be empty")
@@ -438,6 +469,7 @@ class RLAllConfig(GRPOConfig):
                 p + f"general_rewards.{name}",
                 "general prompts have no reference: only format and language apply",
             )
+        _weights(self.general_rewards, p + "general_rewards")
         _check(
             self.general_fraction == 0
             or self.helpfulness.weight != 0
@@ -497,8 +529,8 @@ class ReadabilityFilters:
     """Reject a completion identical (up to whitespace) to one already kept for its prompt."""
 
     def check(self, prefix: str) -> None:
-        # target_language is checked by the stage (the language table imports the rewards).
         p = prefix + "."
+        _language(self.target_language, p + "target_language")
         _check(0 <= self.language_threshold <= 1, p + "language_threshold", "must be in [0, 1]")
         _check(self.max_response_tokens >= 0, p + "max_response_tokens", "must be >= 0")
         _check(self.max_paragraph_chars >= 0, p + "max_paragraph_chars", "must be >= 0")
@@ -648,12 +680,17 @@ class StagesConfig:
     rl_all: RLAllConfig = field(default_factory=RLAllConfig)
 
 
+VLLM_NOT_BUILT = (
+    "vllm: the vLLM back end is not built yet in this version of r1pipe; use generation=hf"
+)
+
+
 @dataclass
 class GenerationConfig:
     """The generator back end used for rollouts and evaluation."""
 
     backend: str = "hf"
-    """``hf`` (transformers; CPU and GPU) or ``vllm`` (GPU)."""
+    """``hf`` (transformers; CPU and GPU) or ``vllm`` (GPU; not built yet, so refused)."""
     batch_size: int = 256
     """Prompts per generate call (hf)."""
     gpu_memory_utilization: float = 0.5
@@ -673,6 +710,9 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.backend, "generation.backend", ("hf", "vllm"))
+        # Refused here rather than replaced by hf at run time: a config that asks for vLLM
+        # must not silently run the slow path.
+        _check(self.backend != "vllm", "generation.backend", VLLM_NOT_BUILT)
         _one_of(self.decoder, "generation.decoder", ("loop", "generate"))
         _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")

@@ -32,7 +32,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from r1pipe.config.schema import JudgeConfig
+from r1pipe.config.schema import GenerationConfig, JudgeConfig
 from r1pipe.rewards.parsing import split_think
 
 __all__ = [
@@ -245,9 +245,10 @@ class OpenAIJudge:
         return None
 
 
-def build_judge(cfg: JudgeConfig, device: Any, decoder: str = "loop") -> Judge:
-    """The judge ``cfg`` describes (``backend`` hf or openai), ready to call; ``decoder`` is
-    the hf back end's decode loop (``generation.decoder``)."""
+def build_judge(cfg: JudgeConfig, device: Any, generation: GenerationConfig | None = None) -> Judge:
+    """The judge ``cfg`` describes (``backend`` hf or openai), ready to call; an hf judge
+    generates with the back end ``generation`` describes (``cfg.generation``; None: the
+    defaults), in batches of ``cfg.batch_size``."""
     if cfg.backend == "openai":
         return OpenAIJudge(
             cfg.base_url,
@@ -260,14 +261,16 @@ def build_judge(cfg: JudgeConfig, device: Any, decoder: str = "loop") -> Judge:
         )
     if cfg.backend == "hf":
         from r1pipe.config.schema import ModelConfig
-        from r1pipe.generation.hf import HFGenerator
+        from r1pipe.generation.build import build_generator
         from r1pipe.models import load_model, load_tokenizer, resolve_dtype
 
         assert cfg.path is not None
         spec = ModelConfig(name="judge", path=cfg.path)
         tokenizer = load_tokenizer(cfg.path)
         model = load_model(cfg.path, spec, dtype=resolve_dtype(spec, device)).to(device)
-        generator = HFGenerator(model, tokenizer, batch_size=cfg.batch_size, decoder=decoder)
+        generator = build_generator(
+            model, tokenizer, generation or GenerationConfig(), batch_size=cfg.batch_size
+        )
         return HFJudge(generator, tokenizer, cfg.max_new_tokens)
     raise ValueError(f"judge backend {cfg.backend!r} cannot be built")
 

@@ -244,18 +244,16 @@ def evaluate_sharded(
     """Each rank evaluates a share of ``held_out`` with ``model``; all ranks get the summary
     (records only on rank 0)."""
     from r1pipe.evaluation import evaluate, summarize
-    from r1pipe.generation.hf import HFGenerator
+    from r1pipe.generation.build import build_generator
 
     cfg = ctx.cfg
     shard = held_out[ctx.dist.rank :: ctx.dist.world_size]
-    gen = HFGenerator(
+    gen = build_generator(
         model,
         tokenizer,
-        batch_size=cfg.eval.batch_size,
+        cfg.generation,
         synced_gpus=synced_gpus,
-        decoder=cfg.generation.decoder,
-        num_threads=cfg.generation.num_threads,
-        fused_step=cfg.generation.fused_step,
+        batch_size=cfg.eval.batch_size,
     )
     t0 = time.perf_counter()
     _, records = evaluate(gen, tokenizer, shard, cfg.task, cfg.eval, seed=cfg.run.seed)

@@ -66,7 +66,7 @@ from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Generator, SamplingParams
-from r1pipe.generation.hf import HFGenerator
+from r1pipe.generation.build import build_generator
 from r1pipe.models import load_model, load_tokenizer, resolve_dtype
 from r1pipe.rejection import (
     acceptance_stats,
@@ -79,7 +79,6 @@ from r1pipe.rejection import (
 )
 from r1pipe.rewards.accuracy import accuracy_reward, is_correct
 from r1pipe.rewards.judge import Judge, build_judge, fill_prompt, judge_answers
-from r1pipe.rewards.language import LANGUAGE_SCRIPTS
 from r1pipe.rewards.parsing import THINK_CLOSE, THINK_OPEN, split_think
 from r1pipe.run_dir import RunDir, atomic_write_text
 from r1pipe.stages.cold_start import run_sft
@@ -102,11 +101,6 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         rs = cfg.stage.rejection_sft
-        if rs.filters.target_language not in LANGUAGE_SCRIPTS:
-            raise UserError(
-                f"config error: stage.{KEY}.filters.target_language: must be one of "
-                f"{sorted(LANGUAGE_SCRIPTS)}, got {rs.filters.target_language!r}"
-            )
         # Everything that can be wrong with the input fails here, before any sampling.
         train, held_out = load_task(cfg.task)
         general = (
@@ -182,22 +176,13 @@ class RejectionSampler:
         tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
         dtype = resolve_dtype(cfg.model, dist.device)
         model = load_model(ctx.start_model, cfg.model, dtype=dtype).to(dist.device)
-        policy = HFGenerator(
-            model,
-            tokenizer,
-            batch_size=cfg.generation.batch_size,
-            decoder=cfg.generation.decoder,
-            num_threads=cfg.generation.num_threads,
-            fused_step=cfg.generation.fused_step,
-        )
+        policy = build_generator(model, tokenizer, cfg.generation)
         return cls(cfg, rs, dist, policy, tokenizer)
 
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            self._judge = build_judge(
-                self.rs.judge, self.dist.device, decoder=self.cfg.generation.decoder
-            )
+            self._judge = build_judge(self.rs.judge, self.dist.device, self.cfg.generation)
         return self._judge
 
     def close(self) -> None:

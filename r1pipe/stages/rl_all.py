@@ -323,14 +323,14 @@ def general_eval(
     summary: dict[str, Any] = {}
     if ctx.dist.is_main and prompts:
         from r1pipe.generation.base import SamplingParams
-        from r1pipe.generation.hf import HFGenerator
+        from r1pipe.generation.build import build_generator
         from r1pipe.models import load_model, load_tokenizer, resolve_dtype
 
         cfg = ctx.cfg
         tokenizer = load_tokenizer(checkpoint)
         model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
         model.to(ctx.dist.device)
-        gen = HFGenerator(model, tokenizer, batch_size=cfg.eval.batch_size)
+        gen = build_generator(model, tokenizer, cfg.generation, batch_size=cfg.eval.batch_size)
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
         texts = [
             g[0].text

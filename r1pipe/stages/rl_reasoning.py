@@ -47,7 +47,7 @@ from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Completion, SamplingParams
-from r1pipe.generation.hf import HFGenerator
+from r1pipe.generation.build import build_generator
 from r1pipe.models import load_model, load_tokenizer
 from r1pipe.rewards.combine import compute_rewards
 from r1pipe.rl.grpo import (
@@ -254,14 +254,8 @@ class GRPOTrainer:
         # length groups make a data-dependent number of forward passes; ZeRO-3 ranks must
         # make the same ones (parameters are gathered collectively), so there: one group
         self._bucket_overhead = None if self.zero3 else BUCKET_OVERHEAD_TOKENS
-        self.generator = HFGenerator(
-            self.engine.module,
-            self.tokenizer,
-            batch_size=self.cfg.generation.batch_size,
-            synced_gpus=self.zero3,
-            decoder=self.cfg.generation.decoder,
-            num_threads=self.cfg.generation.num_threads,
-            fused_step=self.cfg.generation.fused_step,
+        self.generator = build_generator(
+            self.engine.module, self.tokenizer, self.cfg.generation, synced_gpus=self.zero3
         )
         self.min_new_tokens = 0  # benchmarks force full-length completions with it
         self.ref: torch.nn.Module | None = None

@@ -115,6 +115,18 @@ def test_data_row_without_field(tmp_path):
     assert manifest(tmp_path / "r")["stages"]["cold-start"]["status"] == "failed"
 
 
+def test_vllm_is_refused_before_anything_runs(tmp_path):
+    """The vLLM back end is not built: asking for it fails at composition, never falls
+    back to hf silently, and leaves no trace in the run directory."""
+    res = cli("stage", "cold-start", "conf=smoke", "generation=vllm", f"run.dir={tmp_path}/r")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.splitlines() == [
+        "error: config error: generation.backend: vllm: the vLLM back end is not built yet "
+        "in this version of r1pipe; use generation=hf"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
 def test_unbuilt_commands_say_so():
     res = cli("eval")
     assert res.returncode == 2 and "benchmark= is required" in res.stderr

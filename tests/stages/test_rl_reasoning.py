@@ -67,6 +67,23 @@ def test_r1_zero_mode_from_base_model(smoke_run, tmp_path):
     )
 
 
+def test_bad_target_language_fails_at_composition(tmp_path):
+    """A typo in a key the rewards read fails before any model, data or run directory: not
+    at the first rollout with a traceback (and not as 'no completed cold-start' either)."""
+    res = cli(
+        "stage",
+        "rl-reasoning",
+        "conf=smoke",
+        "stage.rl_reasoning.target_language=xx",
+        f"run.dir={tmp_path}/r",
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("error: config error: stage.rl_reasoning.target_language: ")
+    assert "got 'xx'" in line
+    assert not (tmp_path / "r").exists()  # begin_stage, which creates it, never ran
+
+
 def test_rl_without_cold_start_is_a_clear_error(tmp_path):
     res = cli("stage", "rl-reasoning", "conf=smoke", f"run.dir={tmp_path}")
     assert res.returncode == 2 and "no completed cold-start" in res.stderr

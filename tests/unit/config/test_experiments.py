@@ -4,17 +4,30 @@ cannot run here (GPUs, model downloads), so this is what checks them."""
 import pytest
 
 from r1pipe.config import compose
+from r1pipe.errors import UserError
 
 REAL = ["r1_qwen2.5_1.5b", "r1_llama3.2_1b"]
 
 
 @pytest.mark.parametrize("name", REAL)
+def test_real_model_experiment_asks_for_vllm_which_is_refused_until_built(name):
+    with pytest.raises(UserError) as e:
+        compose([f"conf={name}"])
+    assert str(e.value) == (
+        "config error: generation.backend: vllm: the vLLM back end is not built yet in this "
+        "version of r1pipe; use generation=hf"
+    )
+
+
+@pytest.mark.parametrize("name", REAL)
 def test_real_model_experiment_follows_the_paper(name, monkeypatch):
     monkeypatch.setenv("R1PIPE_DATA", "/data")
-    cfg, dcfg = compose([f"conf={name}"])
+    cfg, dcfg = compose([f"conf={name}", "generation=hf"])
     assert cfg.experiment == name and cfg.model.path and cfg.model.dtype == "bfloat16"
     assert cfg.run.chain  # every stage after cold-start starts from the previous checkpoint
-    assert cfg.generation.backend == "vllm" and cfg.deepspeed.zero_stage == 3
+    assert cfg.generation.backend == "hf" and cfg.deepspeed.zero_stage == 3
+    # the experiment's own generation keys still apply on top of the hf option
+    assert cfg.generation.gpu_memory_utilization == 0.35
     assert cfg.task.train_file == "/data/gsm8k/train.jsonl"
     assert dcfg.task.eval_file == "/data/gsm8k/test.jsonl"  # resolved in what config.yaml stores
     rl, rs, ra = cfg.stage.rl_reasoning, cfg.stage.rejection_sft, cfg.stage.rl_all

@@ -225,3 +225,24 @@ def test_hf_judge_loads_a_model_by_path(tmp_path):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     # an untrained judge says nothing readable: unknown, never a guess
     assert {parse_verdict(t) for t in texts} <= {True, False, None}
+
+
+def test_hf_judge_generates_with_the_generation_config(tmp_path):
+    """Every generation.* knob reaches the judge's generator; its batch size is the judge's."""
+    import torch
+
+    from r1pipe.config.schema import GenerationConfig, ModelConfig
+    from r1pipe.models import save_tiny_base
+
+    spec = ModelConfig(
+        path=None, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1
+    )
+    save_tiny_base(spec, tmp_path / "judge", seed=0)
+    generation = GenerationConfig(batch_size=99, decoder="generate", num_threads=3)
+    judge = build_judge(
+        JudgeConfig(backend="hf", path=str(tmp_path / "judge"), batch_size=5),
+        torch.device("cpu"),
+        generation,
+    )
+    gen = judge.generator
+    assert (gen.batch_size, gen.decoder, gen.num_threads) == (5, "generate", 3)

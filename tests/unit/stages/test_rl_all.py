@@ -101,3 +101,25 @@ def test_mixed_rewards_reasoning_only_batch_has_no_general_metrics():
     means = rewards([REASONING[1]], [_completion(t) for t in texts]).means
     assert means["general/prompts"] == 0 and means["reasoning/prompts"] == 2  # 2 ranks
     assert not any(k.startswith("general/") and k != "general/prompts" for k in means)
+
+
+def test_general_eval_generates_with_the_configured_back_end(tmp_path):
+    """The held-out general answers come from ``cfg.generation``'s back end: one asked for
+    and not buildable is refused, not replaced by a default hf generator."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from r1pipe.config.schema import ConfigError
+    from r1pipe.models import save_tiny_base
+    from r1pipe.stages.rl_all import general_eval
+    from r1pipe.training.dist import DistInfo
+
+    cfg, _ = _rl()
+    ckpt = save_tiny_base(cfg.model, tmp_path / "ckpt", seed=0)
+    cfg.generation.backend = "vllm"  # past the schema, which refuses it at composition
+    ctx = SimpleNamespace(cfg=cfg, dist=DistInfo(0, 1, 0, torch.device("cpu")), stage_dir=tmp_path)
+    scorers = {"helpfulness": None, "harmlessness": None}
+    with pytest.raises(ConfigError, match="generation.backend: vllm"):
+        general_eval(ctx, ckpt, GENERAL[:1], scorers)
+    assert not (tmp_path / "eval_general.jsonl").exists()
