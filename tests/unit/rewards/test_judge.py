@@ -155,7 +155,11 @@ def test_openai_judge_against_a_local_stub(server, monkeypatch):
     )
     assert verdicts == [True, False]
     assert raw[0] == "**Verdict:** Correct."
-    path, headers, body = _Handler.requests[0]
+    # the two requests are sent concurrently: take the one about 6+6
+    assert len(_Handler.requests) == 2
+    path, headers, body = next(
+        r for r in _Handler.requests if "6+6=?" in r[2]["messages"][0]["content"]
+    )
     assert path == "/v1/chat/completions"
     assert headers["Authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-v3" and body["temperature"] == 0.0
