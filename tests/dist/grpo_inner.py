@@ -8,18 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-from grpo_step import global_batch
-
-from r1pipe.config import compose
-from r1pipe.stages.common import begin_stage
-from r1pipe.stages.rl_reasoning import GRPOTrainer
+from grpo_step import build_trainer, global_batch
 
 
 def main() -> None:
     base, out, *overrides = sys.argv[1:]
-    cfg, dcfg = compose(["conf=smoke", f"model.path={base}", *overrides])
-    ctx = begin_stage("rl-reasoning", "rl_reasoning", cfg, dcfg)
-    trainer = GRPOTrainer(ctx, cfg.stage.rl_reasoning)
+    cfg, ctx, trainer = build_trainer(base, overrides)
     rl = cfg.stage.rl_reasoning
     batch = global_batch(
         rl.prompts_per_step * rl.group_size, rl.group_size, 6, 9, len(trainer.tokenizer)

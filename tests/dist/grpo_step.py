@@ -24,25 +24,36 @@ def global_batch(n: int, group: int, P: int, T: int, vocab: int) -> Rollout:
     prompt_len = torch.randint(2, P + 1, (n // group,), generator=g).repeat_interleave(group)
     for i in range(n):
         mask[i, : P - prompt_len[i]] = 0
-        mask[i, P + comp_len[i]:] = 0
+        mask[i, P + comp_len[i] :] = 0
     ids = ids * mask
     loss_mask = mask[:, P:].bool()
     rewards = torch.randint(0, 2, (n,), generator=g).float()
     return Rollout(ids, mask, loss_mask, P, group_advantages(rewards, group), rewards)
 
 
-def main() -> None:
-    base, out, *overrides = sys.argv[1:]
+def build_trainer(base: str, overrides: list[str]):
+    """(cfg, stage context, GRPOTrainer) for the smoke config from ``base``."""
     cfg, dcfg = compose(["conf=smoke", f"model.path={base}", *overrides])
     ctx = begin_stage("rl-reasoning", "rl_reasoning", cfg, dcfg)
-    trainer = GRPOTrainer(ctx, cfg.stage.rl_reasoning)
+    return cfg, ctx, GRPOTrainer(ctx, cfg.stage.rl_reasoning)
+
+
+def main() -> None:
+    base, out, *overrides = sys.argv[1:]
+    cfg, ctx, trainer = build_trainer(base, overrides)
     rl = cfg.stage.rl_reasoning
     n = rl.prompts_per_step * rl.group_size
     full = global_batch(n, rl.group_size, 6, 9, len(trainer.tokenizer))
     per = n // ctx.dist.world_size
     sl = slice(ctx.dist.rank * per, (ctx.dist.rank + 1) * per)
-    mine = Rollout(full.input_ids[sl], full.attention_mask[sl], full.loss_mask[sl],
-                   full.prompt_len, full.advantages[sl], full.rewards[sl])
+    mine = Rollout(
+        full.input_ids[sl],
+        full.attention_mask[sl],
+        full.loss_mask[sl],
+        full.prompt_len,
+        full.advantages[sl],
+        full.rewards[sl],
+    )
     stats = [trainer.train_on(mine) for _ in range(2)]
     import deepspeed
 
