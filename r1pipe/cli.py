@@ -231,6 +231,10 @@ def distill(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HE
 
 
 def main() -> None:
+    # Run directories (checkpoints, data splits, logs) and everything else r1pipe writes are
+    # its user's alone: model-written code runs on this machine, and without namespaces it
+    # could otherwise read them (the task's solutions among them).
+    os.umask(0o077)
     app(args=sys.argv[1:], prog_name="r1pipe")
 
 

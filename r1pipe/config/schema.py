@@ -128,15 +128,26 @@ class CodeConfig:
     """Address-space limit of the program (RLIMIT_AS)."""
     file_size_mb: int = 16
     """Largest file, captured output included, the program may write (RLIMIT_FSIZE)."""
+    isolation: str = "auto"
+    """``auto``: namespaces through bubblewrap (no network, no other process, no host file but
+    the Python installation, private /tmp and /dev/shm) where they can be made; else, as root,
+    a uid of its own per sample with a warning; else r1pipe refuses to run model code.
+    ``namespaces``: required. ``none``: rlimits (and, as root, the own uid) only: programs can
+    read what their user can and use the network."""
     run_as: str = "auto"
-    """``auto`` (``nobody`` when r1pipe runs as root), ``current``, or a user name or uid."""
+    """``auto`` (as root: a uid of its own per concurrent sample from ``uid_base``; else the
+    current user), ``current``, or a user name or uid shared by all samples."""
+    uid_base: int = 61000
+    """First of the 1024 uids of ``run_as=auto`` (uids in /etc/passwd are skipped)."""
     python: str | None = None
-    """Interpreter for the programs; null: r1pipe's own. Running as ``nobody``, it must be one
-    that user can execute (e.g. ``/usr/bin/python3``, not one under ``/root``)."""
+    """Interpreter for the programs; null: r1pipe's own (in namespaces its installation is made
+    readable to the program's uid; without them it must be one that uid can execute, e.g.
+    ``/usr/bin/python3``, not one under ``/root``)."""
     command_prefix: list[str] = field(default_factory=list)
     """Run every program under this command, e.g. ``[nsjail, --config, py.cfg, --]``;
-    ``{dir}`` becomes the run's temporary directory. The limits above still apply (set by the
-    interpreter inside); the user is then the tool's business, and so is a hard time limit."""
+    ``{dir}`` becomes the run's temporary directory (``code/main.py`` and ``work/``). With
+    ``isolation=auto`` the tool stands in for the namespaces; uid, cgroup and rlimits still
+    apply; a hard time limit inside is the tool's business."""
 
     def __post_init__(self) -> None:
         _one_of(self.scoring, "task.code.scoring", ("fraction", "all"))
@@ -144,6 +155,8 @@ class CodeConfig:
         _check(self.memory_mb > 0, "task.code.memory_mb", "must be > 0")
         _check(self.file_size_mb > 0, "task.code.file_size_mb", "must be > 0")
         _check(bool(self.run_as), "task.code.run_as", "must be auto, current, a user or a uid")
+        _one_of(self.isolation, "task.code.isolation", ("auto", "namespaces", "none"))
+        _check(self.uid_base >= 1000, "task.code.uid_base", "must be a uid >= 1000")
 
 
 @dataclass

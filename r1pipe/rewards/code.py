@@ -16,14 +16,16 @@ final program is compiled and run against predefined test cases. Here:
   pass (``"all"``, the paper's pass/fail reward). A timeout, a crash, a syntax error or a
   memory error fails the test(s) involved.
 
-Assert tests of one completion run in one process: a small trusted harness (``_HARNESS``)
-executes the program, then each test, and reports each passed test on its own stdout with a
-random per-run token, while the program's own stdout is sent to stderr. A test counts only when
-its report arrives, so a program that exits early (``sys.exit(0)`` or ``os._exit(0)`` before
-the asserts run) or prints fake reports gets no credit, and a program that hangs on test 3
-keeps the credit of tests 1 and 2. This is not proof against a hostile program: the token is in
-the same process and could be found by introspection, and a returned object whose ``__eq__``
-is always true passes ``assert f(x) == y``.
+Assert tests of one completion run in one process, and are judged here, not there
+(:mod:`r1pipe.rewards.checks`): each ``assert`` is split into the expression the program must
+compute (sent to the child) and the expected value (kept here); a small harness in the child
+(``_HARNESS``) runs the program, evaluates each expression and sends its value back as JSON on
+its own stdout, while the program's stdout goes to stderr. So a program that exits early,
+prints fake reports, walks the harness's frames, replaces ``compile`` or ``exec`` or strips
+the asserts earns nothing: none of that produces the expected values, which it never sees. A
+program that hangs on test 3 keeps the credit of tests 1 and 2. Stdin/stdout tests compare the
+program's stdout here as well. The sandbox (:mod:`r1pipe.rewards.sandbox`) keeps the program
+from reading them anywhere else (the data files, the trainer's memory or command line).
 
 The reference of a code problem (``Example.reference``, with ``task.verifier=code``) is JSON
 text: the tests themselves, or an object ``{"tests": ..., "scoring": ..., "timeout_s": ...}``
@@ -43,11 +45,18 @@ from __future__ import annotations
 import ast
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from r1pipe.rewards.checks import (
+    ENCODER_SOURCE,
+    Check,
+    UnsupportedTest,
+    compile_checks,
+    judge,
+    parse_report_line,
+)
 from r1pipe.rewards.parsing import ANSWER_FORMATS, ANSWER_OPEN, extract_answer, split_think
 from r1pipe.rewards.sandbox import SandboxConfig, SandboxError, run_python
 
@@ -71,11 +80,15 @@ SCORINGS = ("fraction", "all")
 # is one block; an unclosed block does not match at all.
 _FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
-# The trusted part of an assert-test run. It reads its input before any untrusted code runs,
-# gives the program an empty stdin, keeps the real stdout for its reports (the program's
-# stdout goes to stderr), and reports "TOKEN ok I" after test I passes.
-_HARNESS = r"""
-import builtins, json, os, sys
+# The trusted part of an assert-test run, in the child. It reads its input before any untrusted
+# code runs and compiles every observation, gives the program an empty stdin, keeps the real
+# stdout for its reports (the program's stdout goes to stderr), then runs the program and
+# writes one JSON line ``[i, {"v": value}]`` (or ``{"e": error}``) per check. What is written
+# is judged in the parent (``checks.judge``); the expected values are never here.
+_HARNESS = (
+    ENCODER_SOURCE
+    + r"""
+import json, os, sys
 
 def _harness():
     payload = json.loads(sys.stdin.buffer.read())
@@ -84,26 +97,32 @@ def _harness():
     os.close(null)
     report_fd = os.dup(1)
     os.dup2(2, 1)
-    prefix = payload["token"].encode() + b" ok "
-    write = os.write
-    namespace = {"__name__": "solution", "__builtins__": builtins}
+    write, dumps, encode, bool_, exec_, eval_ = os.write, json.dumps, _encode, bool, exec, eval
+    checks = [
+        (compile(setup, "<setup>", "exec"), compile(observe, "<test>", "eval"), truth)
+        for setup, observe, truth in payload["checks"]
+    ]
+    namespace = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         exec(compile(payload["program"], "<solution>", "exec"), namespace)
     except BaseException as e:
         print(f"program raised {type(e).__name__}: {e}", file=sys.stderr)
         return
-    for i, test in enumerate(payload["tests"]):
+    del payload
+    for i, (setup, observe, truth) in enumerate(checks):
         try:
-            exec(compile(test, f"<test {i}>", "exec"), namespace)
+            exec_(setup, namespace)
+            value = eval_(observe, namespace)
+            report = {"v": encode(bool_(value) if truth else value)}
+            line = dumps([i, report])
         except BaseException as e:
-            print(f"test {i} raised {type(e).__name__}: {e}", file=sys.stderr)
-            if payload["stop_on_failure"]:
-                return
-            continue
-        write(report_fd, prefix + str(i).encode() + b"\n")
+            print(f"check {i} raised {type(e).__name__}: {e}", file=sys.stderr)
+            line = dumps([i, {"e": type(e).__name__}])
+        write(report_fd, line.encode() + b"\n")
 
 _harness()
 """
+)
 
 _SANDBOX_FIELDS = {f.name for f in fields(SandboxConfig)}
 
@@ -146,16 +165,13 @@ class TestRun:
 
 def _split_assert_source(source: str) -> tuple[str, ...]:
     """One snippet per top-level ``assert``; other statements join the next assert (setup
-    such as imports or helper functions), trailing ones the last. Source without a top-level
-    assert (e.g. ``def check(f): ...`` then ``check(f)``) is one test."""
+    such as imports or helper functions)."""
     if not source.strip():
         raise ValueError("no tests")
     try:
         module = ast.parse(source)
     except SyntaxError as e:
         raise ValueError(f"assert tests do not parse: {e.msg} (line {e.lineno})") from None
-    if not any(isinstance(node, ast.Assert) for node in module.body):
-        return (source,)
     snippets: list[str] = []
     pending: list[str] = []
     for node in module.body:
@@ -163,9 +179,9 @@ def _split_assert_source(source: str) -> tuple[str, ...]:
         if isinstance(node, ast.Assert):
             snippets.append("\n".join(pending))
             pending = []
-    if pending:
+    if pending and snippets:
         snippets[-1] += "\n" + "\n".join(pending)
-    return tuple(snippets)
+    return tuple(snippets) or (source,)  # no assert: compile_checks says why
 
 
 def _io_pair(item: Any, where: str) -> tuple[str, str]:
@@ -202,11 +218,6 @@ def parse_tests(tests: Any) -> TestSuite:
         pairs = [{"input": i, "output": o} for i, o in zip(inputs, outputs, strict=True)]
         suite = TestSuite(io=tuple(_io_pair(p, f"test {k}") for k, p in enumerate(pairs)))
     elif isinstance(tests, list) and all(isinstance(t, str) for t in tests):
-        for k, test in enumerate(tests):
-            try:
-                compile(test, f"<test {k}>", "exec")
-            except SyntaxError as e:
-                raise ValueError(f"test {k} does not parse: {e.msg}") from None
         suite = TestSuite(asserts=tuple(tests))
     elif isinstance(tests, list):
         suite = TestSuite(io=tuple(_io_pair(t, f"test {k}") for k, t in enumerate(tests)))
@@ -214,6 +225,11 @@ def parse_tests(tests: Any) -> TestSuite:
         raise ValueError(f"tests must be a string, a list or an object, not {type(tests).__name__}")
     if not len(suite):
         raise ValueError("no tests")
+    for k, snippet in enumerate(suite.asserts):
+        try:
+            compile_checks(snippet)
+        except UnsupportedTest as e:
+            raise ValueError(f"test {k}: {e}") from None
     return suite
 
 
@@ -291,27 +307,30 @@ def _normalize_output(text: str) -> str:
     return "\n".join(lines)
 
 
-def _run_asserts(
-    program: str, snippets: Sequence[str], stop_on_failure: bool, sandbox: SandboxConfig
-) -> TestRun:
-    token = secrets.token_hex(16)
+def _run_asserts(program: str, snippets: Sequence[str], sandbox: SandboxConfig) -> TestRun:
+    # Each test is one or more checks (a snippet with two asserts passes when both do).
+    checks: list[Check] = []
+    owner: list[int] = []
+    for k, snippet in enumerate(snippets):
+        for check in compile_checks(snippet):
+            checks.append(check)
+            owner.append(k)
     payload = {
-        "token": token,
         "program": program,
-        "tests": list(snippets),
-        "stop_on_failure": stop_on_failure,
+        "checks": [[c.setup, c.observe, c.kind == "truth"] for c in checks],
     }
     result = run_python(_HARNESS, stdin=json.dumps(payload), config=sandbox)
     if result.status == "error":
         raise SandboxError(result.error)
-    passed: set[int] = set()
-    prefix = token + " ok "
-    for line in result.stdout.splitlines():
-        if line.startswith(prefix) and line[len(prefix) :].isdigit():
-            index = int(line[len(prefix) :])
-            if index < len(snippets):
-                passed.add(index)
-    return TestRun(len(passed), len(snippets), int(result.status == "timeout"))
+    reports: dict[int, Any] = {}
+    if not result.stdout_truncated:
+        for line in result.stdout.splitlines():
+            parsed = parse_report_line(line)
+            if parsed is not None and 0 <= parsed[0] < len(checks):
+                reports.setdefault(parsed[0], parsed[1])  # the first report of a check counts
+    failed_tests = {owner[i] for i, c in enumerate(checks) if not judge(c, reports.get(i))}
+    timeouts = int(result.status == "timeout")
+    return TestRun(len(snippets) - len(failed_tests), len(snippets), timeouts)
 
 
 def _run_io(
@@ -346,7 +365,8 @@ def run_tests(
     Args:
         program: Python source (trusted or not: it only ever runs in the sandbox).
         tests: The suite (:func:`parse_tests`).
-        stop_on_failure: Stop at the first failed test (enough for all-or-nothing scoring).
+        stop_on_failure: Stop at the first failed stdin/stdout test (enough for all-or-nothing
+            scoring); the assert tests of a program run in one process and all report.
         sandbox: Limits of each sandbox run: one for all assert tests, one per stdin/stdout
             test.
 
@@ -355,7 +375,7 @@ def run_tests(
     """
     sandbox = sandbox or SandboxConfig()
     if tests.asserts:
-        return _run_asserts(program, tests.asserts, stop_on_failure, sandbox)
+        return _run_asserts(program, tests.asserts, sandbox)
     return _run_io(program, tests.io, stop_on_failure, sandbox)
 
 

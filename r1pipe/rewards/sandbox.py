@@ -1,27 +1,34 @@
-"""Run untrusted Python source (a model's program) in a separate, resource-limited process.
+"""Run untrusted Python source (a model's program) in a separate, isolated, resource-limited
+process.
 
-:func:`run_python` writes the source to ``main.py`` in a fresh temporary directory and runs
-``python -I main.py`` there, with:
+:func:`run_python` writes the source to ``code/main.py`` of a fresh temporary directory and
+runs ``python -I`` on it, with ``work/`` beside it as the working directory, and:
 
-* isolated mode (``-I``: no user site-packages, ``PYTHON*`` variables ignored, the script's
-  folder not put on ``sys.path``) and a minimal environment: none of the trainer's variables
-  (tokens, keys, ``*_API_KEY``) reach the program;
-* the temporary directory as working directory (also ``HOME`` and ``TMPDIR``), removed
-  afterwards with everything the program wrote into it;
+* isolation (:mod:`r1pipe.rewards.isolation`): by default namespaces through bubblewrap (no
+  network, no other process, no host file but the Python installation, private ``/tmp`` and
+  ``/dev/shm``), a uid of its own per concurrent sample when the trainer is root, and cgroup
+  limits on memory (tmpfs included) and processes. Where namespaces cannot be made, root
+  falls back to the own uid with a warning, and any other user is refused unless
+  ``isolation="none"``;
+* the program in a directory it cannot write (owned by the trainer, read-only in the
+  namespaces), and a separate working directory that is its ``HOME`` (and, without
+  namespaces, its ``TMPDIR``), removed afterwards with everything written into it;
+* isolated mode (``-I``: no user site-packages, ``PYTHON*`` variables ignored) and a
+  whitelisted environment: none of the trainer's variables (tokens, keys, ``*_API_KEY``)
+  reach the program;
 * stdin from the given bytes, or empty (``/dev/null``);
 * resource limits: CPU seconds (``RLIMIT_CPU``), address space (``RLIMIT_AS``), size of any
   file written, captured output included (``RLIMIT_FSIZE``), open files (``RLIMIT_NOFILE``), no
-  core dumps, and no new processes or threads (``RLIMIT_NPROC`` = 0), which stops fork bombs;
-* when the trainer runs as root (containers), an unprivileged user (``nobody``) for the
-  program: root ignores ``RLIMIT_NPROC`` and may write anywhere, so running as root would
-  undo most of the above;
+  core dumps, and no new processes or threads (``RLIMIT_NPROC`` = 0, per uid), which stops
+  fork bombs;
 * a wall-clock timeout after which the whole process group is killed (the program is started
-  in a new session, so its group is its own);
+  in a new session; in namespaces, the PID namespace dies with it), and then whatever is left
+  in its cgroup;
 * stdout and stderr captured to unnamed temporary files, of which the last
   ``max_output_bytes`` are kept.
 
 The limits and the user switch are applied by a few lines of trusted code (``_BOOTSTRAP``) at
-the start of the child interpreter, before it reads ``main.py``, not by ``preexec_fn`` or
+the start of the child interpreter, before it reads the program, not by ``preexec_fn`` or
 ``Popen(user=...)`` in the parent. Either of those makes ``subprocess`` use ``fork()`` instead
 of ``vfork()``, which copies the page tables of the whole trainer: measured, 290 ms instead of
 35 ms per spawn from a parent holding 3 GB, and a GPU trainer holds more. ``preexec_fn`` is
@@ -29,17 +36,9 @@ also documented as unsafe in a multi-threaded parent, which a trainer is. The in
 starts as the trainer's user and switches before running any of the program; a failure to set
 up is reported as ``status="error"``, not blamed on the program.
 
-What this does NOT isolate, and why real deployments should add a container or nsjail: there
-are no filesystem, network, PID or IPC namespaces. The program can read every file its user can
-read (as ``nobody``: world-readable files, e.g. a checkout with default permissions), write
-where that user may write (absolute paths are not confined to the temporary directory), open
-network connections, and see other processes in ``/proc``. Untrusted code from a model being
-trained is usually buggy rather than hostile, which these limits handle; against hostile code
-set ``command_prefix`` to run every program under nsjail, bubblewrap or ``docker run``
-(``{dir}`` in the prefix is replaced by the temporary directory, e.g. for a bind mount). Under
-a prefix the resource limits still apply (set inside, by the interpreter), but r1pipe does not
-switch user (the tool decides who runs inside), and the tool should enforce its own time limit
-too: killing ``docker run`` does not stop its container.
+``command_prefix`` runs every program under another tool (nsjail, ``docker run``, ...); with
+``isolation="auto"`` that tool then stands in for the namespaces, with ``"namespaces"`` bwrap
+runs inside it. The uid, the cgroup and the rlimits apply under any prefix.
 
 Example::
 
@@ -50,6 +49,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import pwd
@@ -63,6 +64,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import IO
+
+from r1pipe.rewards.isolation import (
+    ISOLATIONS,
+    SANDBOX_CODE,
+    SANDBOX_WORK,
+    IsolationUnavailable,
+    Slot,
+    acquire_slot,
+    bwrap_command,
+    cgroup_join_command,
+    kill_cgroup,
+)
 
 __all__ = ["RUN_AS_AUTO", "SandboxConfig", "SandboxError", "SandboxResult", "run_python"]
 
@@ -92,15 +105,23 @@ class SandboxConfig:
             stderr included (``RLIMIT_FSIZE``; going over kills it with ``SIGXFSZ``).
         max_open_files: ``RLIMIT_NOFILE``.
         max_output_bytes: How much of the end of stdout and of stderr the result keeps.
-        run_as: ``"auto"`` (``nobody`` when the trainer is root, else the current user),
-            ``"current"`` (never switch; as root that keeps root, unsafe), or a user name or
-            numeric uid (switching needs root).
-        python: Interpreter to run; None means the trainer's own (``sys.executable``). When
-            running as another user it must be one that user can execute (not one under
-            ``/root``), e.g. ``/usr/bin/python3``.
+        run_as: ``"auto"`` (as root: a uid of its own per concurrent sample, from
+            ``uid_base``; otherwise the current user), ``"current"`` (never switch; as root
+            that keeps root, unsafe), or a user name or numeric uid shared by all samples
+            (switching needs root).
+        uid_base: First uid of the per-sample pool of ``run_as="auto"`` (uids not in
+            ``/etc/passwd``, 1024 of them).
+        isolation: ``"auto"`` (namespaces where bubblewrap can make them; else, as root, the
+            own uid with a warning; else refused), ``"namespaces"`` (required), or ``"none"``
+            (rlimits, and the uid as root, only: the program can read what its user can
+            read and use the network). See :mod:`r1pipe.rewards.isolation`.
+        python: Interpreter to run; None means the trainer's own (``sys.executable``). In
+            namespaces its installation is made readable; without them, running as another
+            user, it must be one that user can execute (not one under ``/root``).
         command_prefix: Prepended to the command, e.g. ``("nsjail", "--config", "py.cfg",
-            "--")``; ``{dir}`` in an item becomes the run's temporary directory. The limits
-            above still apply (the interpreter sets them inside); ``run_as`` does not.
+            "--")``; ``{dir}`` in an item becomes the run's temporary directory (with
+            ``code/main.py`` and ``work/``, to be bound at the same path). The uid, cgroup
+            and rlimits still apply; see the module docstring for namespaces.
     """
 
     timeout_s: float = 5.0
@@ -109,6 +130,8 @@ class SandboxConfig:
     max_open_files: int = 64
     max_output_bytes: int = _MIB
     run_as: str = RUN_AS_AUTO
+    uid_base: int = 61000
+    isolation: str = "auto"
     python: str | None = None
     command_prefix: tuple[str, ...] = ()
 
@@ -120,6 +143,10 @@ class SandboxConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.run_as:
             raise ValueError("run_as must be 'auto', 'current', a user name or a uid")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if not 1000 <= self.uid_base <= 2**31 - 2048:
+            raise ValueError(f"uid_base must be a uid >= 1000, got {self.uid_base!r}")
         # Accept any sequence from callers (a list from a config) but store a hashable tuple.
         object.__setattr__(self, "command_prefix", tuple(self.command_prefix))
 
@@ -152,39 +179,35 @@ class SandboxResult:
     error: str = ""
 
 
-def _minimal_env(workdir: str) -> dict[str, str]:
+def _minimal_env(home: str, tmpdir: str) -> dict[str, str]:
     # Nothing is inherited from the trainer. Numeric libraries are told to use one thread,
     # since the program may not create threads (RLIMIT_NPROC) and would otherwise warn.
     return {
         "PATH": os.defpath,
         "LANG": "C.UTF-8",
-        "HOME": workdir,
-        "TMPDIR": workdir,
+        "HOME": home,
+        "TMPDIR": tmpdir,
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
 
 
-def _target_user(run_as: str) -> tuple[int, int] | None:
-    """``(uid, gid)`` to run the program as, or None to keep the current user."""
+def _target_user(config: SandboxConfig) -> tuple[tuple[int, int] | None, int | None]:
+    """``(fixed (uid, gid) or None for the trainer's user, uid_base of a per-sample pool or
+    None)``."""
+    run_as = config.run_as
     if run_as == RUN_AS_CURRENT:
-        return None
+        return None, None
     if run_as == RUN_AS_AUTO:
-        if os.geteuid() != 0:
-            return None
-        try:
-            entry = pwd.getpwnam("nobody")
-            return entry.pw_uid, entry.pw_gid
-        except KeyError:
-            return _NOBODY_ID, _NOBODY_ID
+        return (None, config.uid_base) if os.geteuid() == 0 else (None, None)
     try:
         entry = pwd.getpwuid(int(run_as)) if run_as.isdigit() else pwd.getpwnam(run_as)
     except KeyError:
         raise SandboxError(f"run_as: no user {run_as!r}") from None
     if entry.pw_uid == os.geteuid():
-        return None
-    return entry.pw_uid, entry.pw_gid
+        return None, None
+    return (entry.pw_uid, entry.pw_gid), None
 
 
 def _limits(config: SandboxConfig) -> list[int]:
@@ -209,20 +232,22 @@ def _limits(config: SandboxConfig) -> list[int]:
     return flat
 
 
-# Trusted code at the start of the child interpreter: set the limits, switch user, check that
-# the standard library is still readable (an interpreter under /root is not, as nobody), then
-# run main.py as __main__ in this very module, so its namespace is the program's (only the
-# function below is defined there, and it is removed). argv: uid gid then resource soft hard...
+# Trusted code at the start of the child interpreter: set the limits, switch user (when it is
+# root: under a command prefix the tool may have switched already), check that the standard
+# library is still readable, then run the program as __main__ in this very module, so its
+# namespace is the program's (only the function below is defined there, and it is removed).
+# argv: program path, uid, gid, then resource soft hard...
 _SETUP_FAILED = 121
 _BOOTSTRAP = f"""
 def _enter():
     import os, resource, sys
 
-    uid, gid, *limits = [int(arg) for arg in sys.argv[1:]]
+    path = sys.argv[1]
+    uid, gid, *limits = [int(arg) for arg in sys.argv[2:]]
     try:
         for i in range(0, len(limits), 3):
             resource.setrlimit(limits[i], (limits[i + 1], limits[i + 2]))
-        if uid >= 0:
+        if uid >= 0 and os.geteuid() == 0:
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
@@ -232,11 +257,11 @@ def _enter():
         if hasattr(resource, "RLIMIT_NPROC"):
             # Per user, threads included. 0: none can be created (this one exists already).
             resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        with open(path, "rb") as f:
+            code = compile(f.read(), "main.py", "exec")
     except Exception as e:
         os.write(2, f"r1pipe sandbox: setup failed: {{type(e).__name__}}: {{e}}\\n".encode())
         os._exit({_SETUP_FAILED})
-    with open("main.py", "rb") as f:
-        code = compile(f.read(), "main.py", "exec")
     namespace = sys.modules["__main__"].__dict__
     del namespace["_enter"]
     namespace["__file__"] = "main.py"
@@ -281,6 +306,19 @@ def _kill_group(pgid: int) -> None:
         pass  # the group is already gone
 
 
+def _kill_children(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _tail(f: IO[bytes], limit: int) -> tuple[str, bool]:
     size = f.seek(0, os.SEEK_END)
     start = max(0, size - limit)
@@ -288,31 +326,93 @@ def _tail(f: IO[bytes], limit: int) -> tuple[str, bool]:
     return f.read().decode("utf-8", errors="replace"), start > 0
 
 
-def _command(config: SandboxConfig, workdir: str, user: tuple[int, int] | None) -> list[str]:
-    uid, gid = user if user is not None else (-1, -1)
+@functools.cache
+def _namespaces_problem(python: str, euid: int) -> str | None:
+    """Why programs cannot run in namespaces here (None: they can). Tried once per
+    interpreter, by running one."""
+    del euid  # part of the cache key: the answer differs for root
+    probe = SandboxConfig(python=python, isolation="namespaces", timeout_s=30.0)
+    try:
+        result = _run("print('ok')", None, probe, namespaces=True)
+    except (SandboxError, IsolationUnavailable) as e:
+        return str(e)
+    if result.status == "passed" and result.stdout == "ok\n":
+        return None
+    return result.error or f"status {result.status}: {result.stderr.strip()[-300:]}"
+
+
+def _use_namespaces(config: SandboxConfig, python: str) -> bool:
+    """Whether this run gets namespaces; raises IsolationUnavailable where it must and
+    cannot (the message says what to install or set)."""
+    if config.isolation == "none" or (config.isolation == "auto" and config.command_prefix):
+        return False
+    problem = _namespaces_problem(python, os.geteuid())
+    if problem is None:
+        return True
+    if config.isolation == "namespaces":
+        raise IsolationUnavailable(f"isolation=namespaces: cannot make namespaces: {problem}")
+    if os.geteuid() == 0:
+        _warn_once(
+            f"code sandbox without namespaces ({problem}): programs run as a uid of their own "
+            "with rlimits and cgroups, but can read world-readable files and use the network; "
+            "install bubblewrap (apt-get install bubblewrap) to isolate them"
+        )
+        return False
+    raise IsolationUnavailable(
+        f"the code sandbox cannot isolate model-written programs here: {problem}. Not root, "
+        "so without namespaces they would run as your own user, able to read your files and "
+        "keys and to signal or trace the trainer. Install bubblewrap (apt-get install "
+        "bubblewrap) and allow unprivileged user namespaces (sysctl "
+        "kernel.unprivileged_userns_clone=1), run as root in a container, or set "
+        "task.code.isolation=none to accept running them unisolated"
+    )
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning(message)
+
+
+def _command(
+    config: SandboxConfig, python: str, root: str, slot: Slot, namespaces: bool
+) -> tuple[list[str], str]:
+    """The command line of one run and its working directory (as the program sees it)."""
+    code_dir, work_dir = os.path.join(root, "code"), os.path.join(root, "work")
+    uid, gid = (slot.uid, slot.gid) if slot.uid is not None else (-1, -1)
+    if namespaces:
+        program, cwd = f"{SANDBOX_CODE}/main.py", SANDBOX_WORK
+        inner = bwrap_command(python, code_dir, work_dir, config.memory_mb)
+    else:
+        program, cwd = os.path.join(code_dir, "main.py"), work_dir
+        inner = []
     setup = [str(v) for v in (uid, gid, *_limits(config))]
-    command = [config.python or sys.executable, "-I", "-c", _BOOTSTRAP, *setup]
-    if not config.command_prefix:
-        return command
-    prefix = [item.replace("{dir}", workdir) for item in config.command_prefix]
-    # Resolve the tool with the trainer's PATH: the child's environment has only os.defpath.
-    resolved = shutil.which(prefix[0])
-    if resolved is None:
-        raise SandboxError(f"command_prefix: {prefix[0]!r} not found on PATH")
-    return [resolved, *prefix[1:], *command]
+    command = [*inner, python, "-I", "-c", _BOOTSTRAP, program, *setup]
+    if config.command_prefix:
+        prefix = [item.replace("{dir}", root) for item in config.command_prefix]
+        # Resolve the tool with the trainer's PATH: the child's environment has only os.defpath.
+        resolved = shutil.which(prefix[0])
+        if resolved is None:
+            raise SandboxError(f"command_prefix: {prefix[0]!r} not found on PATH")
+        command = [resolved, *prefix[1:], *command]
+    return [*cgroup_join_command(slot.cgroups), *command], cwd
 
 
 def _start(
-    config: SandboxConfig,
-    user: tuple[int, int] | None,
-    workdir: str,
+    command: list[str],
+    cwd: str,
+    work_dir: str,
+    namespaces: bool,
     stdin: bytes | str | None,
     out: IO[bytes],
     err: IO[bytes],
 ) -> subprocess.Popen:
-    """Start ``main.py`` in ``workdir`` as the sandbox describes; raise SandboxError if it
-    cannot start. No ``preexec_fn`` and no ``user=``: see the module docstring."""
-    command = _command(config, workdir, user)
+    """Start the run; raise SandboxError if it cannot start. No ``preexec_fn`` and no
+    ``user=``: see the module docstring."""
+    env = _minimal_env(cwd, "/tmp" if namespaces else cwd)
     with tempfile.TemporaryFile() as inp:
         if stdin is not None:
             inp.write(stdin.encode() if isinstance(stdin, str) else stdin)
@@ -320,8 +420,8 @@ def _start(
         try:
             return subprocess.Popen(
                 command,
-                cwd=workdir,
-                env=_minimal_env(workdir),
+                cwd=work_dir,
+                env=env,
                 stdin=inp if stdin is not None else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -332,50 +432,61 @@ def _start(
             raise SandboxError(f"cannot start {command[0]!r}: {e}") from None
 
 
-def run_python(
-    source: str, *, stdin: bytes | str | None = None, config: SandboxConfig | None = None
+def _make_dirs(root: str, source: str, slot: Slot) -> None:
+    """``root/code/main.py``, owned by the trainer and read-only to the program, and
+    ``root/work``, the program's own. Modes are set explicitly: the trainer's umask is 077."""
+    code_dir, work_dir = os.path.join(root, "code"), os.path.join(root, "work")
+    os.mkdir(code_dir)
+    with open(os.path.join(code_dir, "main.py"), "w", encoding="utf-8") as f:
+        f.write(source)
+    os.mkdir(work_dir)
+    if slot.uid is not None:
+        os.chmod(root, 0o711)
+        os.chmod(code_dir, 0o755)
+        os.chmod(os.path.join(code_dir, "main.py"), 0o644)
+        os.chown(work_dir, slot.uid, slot.gid)
+    os.chmod(work_dir, 0o700)
+
+
+def _run(
+    source: str, stdin: bytes | str | None, config: SandboxConfig, *, namespaces: bool
 ) -> SandboxResult:
-    """Run ``source`` as a Python script in the sandbox described in this module's docstring.
-
-    Args:
-        source: The program, run as ``main.py`` in a fresh temporary directory.
-        stdin: The program's standard input; None gives it an empty one.
-        config: Limits and runner; None uses :class:`SandboxConfig` defaults.
-
-    Returns:
-        A :class:`SandboxResult`. This function does not raise for anything the program does;
-        a sandbox that cannot start (interpreter not found or not executable by ``run_as``,
-        unknown user, prefix tool missing) gives ``status="error"``.
-    """
-    config = config or SandboxConfig()
     start = time.monotonic()
-    try:
-        user = None if config.command_prefix else _target_user(config.run_as)
-        with tempfile.TemporaryDirectory(
-            prefix="r1pipe-sandbox-", ignore_cleanup_errors=True
-        ) as workdir:
-            with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
-                f.write(source)
-            if user is not None:
-                os.chown(workdir, *user)
-            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-                proc = _start(config, user, workdir, stdin, out, err)
-                try:
-                    timed_out = _wait(proc, config.timeout_s)
-                finally:
-                    # Always, also after a normal exit: what the program left running dies too.
-                    _kill_group(proc.pid)
-                    proc.wait()
-                wall_s = time.monotonic() - start
-                stdout, stdout_truncated = _tail(out, config.max_output_bytes)
-                stderr, stderr_truncated = _tail(err, config.max_output_bytes)
-    except SandboxError as e:
-        return SandboxResult("error", None, "", "", time.monotonic() - start, error=str(e))
+    python = config.python or sys.executable
+    fixed_user, uid_base = _target_user(config)
+    with (
+        acquire_slot(fixed_user, uid_base, config.memory_mb) as slot,
+        tempfile.TemporaryDirectory(prefix="r1pipe-sandbox-", ignore_cleanup_errors=True) as root,
+    ):
+        _make_dirs(root, source, slot)
+        command, cwd = _command(config, python, root, slot, namespaces)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = _start(command, cwd, os.path.join(root, "work"), namespaces, stdin, out, err)
+            timed_out = True
+            try:
+                timed_out = _wait(proc, config.timeout_s)
+            finally:
+                if timed_out and namespaces:
+                    # Kill the program, not bwrap first: bwrap then reaps it and exits. Killed
+                    # first, bwrap would leave it orphaned, a zombie where nothing reaps.
+                    _kill_children(proc.pid)
+                    _wait(proc, 2.0)
+                # Always, also after a normal exit: what the program left running dies too.
+                _kill_group(proc.pid)
+                proc.wait()
+                kill_cgroup(slot.cgroups)
+            wall_s = time.monotonic() - start
+            stdout, stdout_truncated = _tail(out, config.max_output_bytes)
+            stderr, stderr_truncated = _tail(err, config.max_output_bytes)
     returncode = proc.returncode
     if returncode == _SETUP_FAILED and "r1pipe sandbox: setup failed" in stderr:
         # The program never ran. (A program could fake this, and would only score 0.)
         error = stderr.strip().splitlines()[-1]
         return SandboxResult("error", returncode, stdout, stderr, wall_s, error=error)
+    if namespaces and returncode == 1 and stderr.startswith("bwrap: "):
+        return SandboxResult("error", returncode, stdout, stderr, wall_s, error=stderr.strip())
+    if namespaces and returncode > 128:
+        returncode = -(returncode - 128)  # bwrap reports a signal as 128 + its number
     if timed_out or returncode == -signal.SIGXCPU:
         status = "timeout"
     elif returncode == 0:
@@ -391,3 +502,31 @@ def run_python(
         stdout_truncated=stdout_truncated,
         stderr_truncated=stderr_truncated,
     )
+
+
+def run_python(
+    source: str, *, stdin: bytes | str | None = None, config: SandboxConfig | None = None
+) -> SandboxResult:
+    """Run ``source`` as a Python script in the sandbox described in this module's docstring.
+
+    Args:
+        source: The program, run as ``main.py``.
+        stdin: The program's standard input; None gives it an empty one.
+        config: Limits, isolation and runner; None uses :class:`SandboxConfig` defaults.
+
+    Returns:
+        A :class:`SandboxResult`. This function does not raise for anything the program does;
+        a sandbox that cannot start (interpreter not found or not executable by the user,
+        unknown user, prefix tool missing, isolation that cannot be had) gives
+        ``status="error"``.
+    """
+    config = config or SandboxConfig()
+    start = time.monotonic()
+    python = config.python or sys.executable
+    try:
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise SandboxError(f"cannot start {python!r}: not an executable file")
+        namespaces = _use_namespaces(config, python)
+        return _run(source, stdin, config, namespaces=namespaces)
+    except (SandboxError, IsolationUnavailable) as e:
+        return SandboxResult("error", None, "", "", time.monotonic() - start, error=str(e))

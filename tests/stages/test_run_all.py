@@ -45,6 +45,15 @@ def test_four_completed_stages_chained_by_parent(full_run):
     assert all(stage in table for stage in STAGES)
 
 
+def test_run_directory_is_private_to_its_user(full_run):
+    """r1pipe runs with umask 077: model-written code must not read checkpoints or data."""
+    run_dir, _ = full_run
+    paths = [p for p in run_dir.rglob("*")]
+    assert len(paths) > 20
+    shared = [str(p) for p in paths if p.stat().st_mode & 0o077]
+    assert shared == []
+
+
 def test_rl_all_metrics_split_by_prompt_source(full_run):
     run_dir, _ = full_run
     rows = metrics(run_dir, "rl-all")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -229,8 +230,9 @@ def test_fork_bomb_is_blocked(sandbox):
     assert run_python(threads, config=sandbox).status == "failed"
 
 
+@pytest.mark.parametrize("isolation", ["auto", "none"])
 def test_files_written_stay_in_a_temporary_directory_that_is_removed(
-    sandbox, tmp_path, monkeypatch
+    sandbox, tmp_path, monkeypatch, isolation
 ):
     monkeypatch.chdir(tmp_path)
     program = (
@@ -239,13 +241,20 @@ def test_files_written_stay_in_a_temporary_directory_that_is_removed(
         "    f.write('x')\n"
         "print(os.path.abspath('out.txt'))\n"
     )
-    result = run_python(program, config=sandbox)
+    before = set(Path(tempfile.gettempdir()).glob("r1pipe-sandbox-*"))
+    python = sandbox_python(isolation)
+    config = SandboxConfig(python=python, timeout_s=SLOW_OK_S, isolation=isolation)
+    result = run_python(program, config=config)
     assert result.status == "passed"
     written = Path(result.stdout.strip())
-    assert written.name == "out.txt"
-    assert written.parent.parent == Path(tempfile.gettempdir())
-    assert written.parent.name.startswith("r1pipe-sandbox-")
-    assert not written.exists() and not written.parent.exists()
+    if isolation == "auto" and shutil.which("bwrap"):
+        assert written == Path("/sandbox/work/out.txt")  # the host's path is not visible
+    else:
+        assert written.name == "out.txt" and written.parent.name == "work"
+        assert written.parent.parent.parent == Path(tempfile.gettempdir())
+        assert written.parent.parent.name.startswith("r1pipe-sandbox-")
+        assert not written.exists() and not written.parent.exists()
+    assert set(Path(tempfile.gettempdir()).glob("r1pipe-sandbox-*")) <= before
     assert list(tmp_path.iterdir()) == []
 
 
@@ -290,9 +299,12 @@ def test_sandbox_that_cannot_start_raises_for_the_reward():
 def test_setup_failure_in_the_child_is_an_error_not_a_failed_program():
     """The child sets its limits and user itself; when that fails the program never ran."""
     if os.geteuid() != 0:
-        config = SandboxConfig(run_as="0")  # only root may become root
-    elif sandbox_python() != sys.executable:
-        config = SandboxConfig()  # our interpreter's library is unreadable as nobody
+        config = SandboxConfig(run_as="0", isolation="none")  # only root may become root
+    elif not os.access(sys.base_prefix, os.R_OK, effective_ids=False) or sys.base_prefix.startswith(
+        "/root/"
+    ):
+        # Without namespaces our interpreter under /root is unreadable to the sandbox's uid.
+        config = SandboxConfig(isolation="none")
     else:
         pytest.skip("no setup that fails here")
     result = run_python("print('ran')", config=config)
@@ -303,9 +315,12 @@ def test_setup_failure_in_the_child_is_an_error_not_a_failed_program():
 def test_command_prefix_wraps_the_command(sandbox, tmp_path):
     # `env` is a harmless stand-in for nsjail/docker: it runs the rest of the command line.
     prefixed = SandboxConfig(
-        python=sandbox.python, timeout_s=SLOW_OK_S, command_prefix=("env", "WRAPPED_IN={dir}")
+        python=sandbox_python("none"),
+        timeout_s=SLOW_OK_S,
+        command_prefix=("env", "WRAPPED_IN={dir}"),
     )
-    program = "import os\nprint(os.environ['WRAPPED_IN'] == os.getcwd())"
+    # {dir} holds code/main.py and work/, the working directory.
+    program = "import os\nprint(os.path.join(os.environ['WRAPPED_IN'], 'work') == os.getcwd())"
     result = run_python(program, config=prefixed)
     assert result.status == "passed" and result.stdout == "True\n"
 
