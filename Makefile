@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # swap our CPU torch for the newest CUDA build.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install sysdeps demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,13 +21,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# bubblewrap isolates the programs of code tasks (r1pipe/rewards/isolation.py); its tests run
+# it. Installed with apt where we are root, else named.
+sysdeps:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "note: bubblewrap (bwrap) is not installed; code tasks need it to isolate programs"; fi; }
+
 demo: $(STAMP)
 	$(BIN)/r1pipe run-all run.dir=runs/tiny
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
