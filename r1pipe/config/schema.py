@@ -143,6 +143,9 @@ class CodeConfig:
     """Interpreter for the programs; null: r1pipe's own (in namespaces its installation is made
     readable to the program's uid; without them it must be one that uid can execute, e.g.
     ``/usr/bin/python3``, not one under ``/root``)."""
+    site_packages: bool = False
+    """Let programs import the interpreter's installed packages (numpy, ...); off: the standard
+    library only (``python -S``), ~5 ms faster per program."""
     command_prefix: list[str] = field(default_factory=list)
     """Run every program under this command, e.g. ``[nsjail, --config, py.cfg, --]``;
     ``{dir}`` becomes the run's temporary directory (``code/main.py`` and ``work/``). With

@@ -35,13 +35,16 @@ from __future__ import annotations
 import atexit
 import fcntl
 import functools
+import json
 import logging
 import os
 import pwd
+import select
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +55,9 @@ __all__ = [
     "IsolationUnavailable",
     "Slot",
     "acquire_slot",
+    "admit",
     "bwrap_command",
+    "join",
     "cgroup_join_command",
     "kill_cgroup",
 ]
@@ -108,9 +113,9 @@ def _system_binds() -> list[str]:
     return args
 
 
-def bwrap_command(python: str, code_dir: str, work_dir: str, memory_mb: int) -> list[str]:
-    """The bwrap command line (up to its ``--``) that runs ``python`` with ``code_dir`` at
-    :data:`SANDBOX_CODE` (read-only) and ``work_dir`` at :data:`SANDBOX_WORK`."""
+@functools.cache
+def _bwrap_fixed(python: str, euid: int) -> tuple[str, ...]:
+    """The part of the bwrap command that is the same for every run of ``python``."""
     bwrap = bwrap_path()
     if bwrap is None:
         raise IsolationUnavailable("bubblewrap (bwrap) is not installed")
@@ -118,30 +123,46 @@ def bwrap_command(python: str, code_dir: str, work_dir: str, memory_mb: int) -> 
     # --as-pid-1: no init of bwrap's own in the namespace, which can outlive the outer bwrap and,
     # orphaned, stay a zombie where nothing reaps them (containers whose pid 1 is not an init).
     args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1"]
-    if os.geteuid() != 0:
+    if euid != 0:
         args += ["--unshare-user", "--disable-userns"]
     args += _system_binds()
     made: set[str] = set()
-
-    def parents(path: str) -> list[str]:
+    for root in _python_roots(python):
+        if root.startswith("/usr/") or root == "/usr" or not os.path.isdir(root):
+            continue
         # bwrap makes missing parents of a mount point mode 0700, which another uid cannot
         # cross; made here first, they are 0755.
-        out = []
-        for parent in reversed(Path(path).parents[:-1]):  # without "/"
+        for parent in reversed(Path(root).parents[:-1]):  # without "/"
             if str(parent) not in made:
                 made.add(str(parent))
-                out += ["--perms", "0755", "--dir", str(parent)]
-        return out
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", root, root]
+    return tuple(args)
 
-    for root in _python_roots(python):
-        if not root.startswith("/usr/") and root != "/usr" and os.path.isdir(root):
-            args += [*parents(root), "--ro-bind", root, root]
+
+def bwrap_command(
+    python: str,
+    code_dir: str,
+    work_dir: str,
+    memory_mb: int,
+    sync_fds: tuple[int, int] | None = None,
+) -> list[str]:
+    """The bwrap command line (up to its ``--``) that runs ``python`` with ``code_dir`` at
+    :data:`SANDBOX_CODE` (read-only) and ``work_dir`` at :data:`SANDBOX_WORK`.
+
+    ``sync_fds``: ``(info, block)``: bwrap writes the program's pid as JSON to ``info`` and
+    waits, namespaces made, until ``block`` is readable before it starts the program, so that
+    the trainer can move it into its cgroups first (:func:`admit`)."""
+    args = list(_bwrap_fixed(python, os.geteuid()))
     size = str(memory_mb << 20)
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-    args += [*parents(SANDBOX_CODE), "--ro-bind", code_dir, SANDBOX_CODE]
+    args += ["--perms", "0755", "--dir", os.path.dirname(SANDBOX_CODE)]
+    args += ["--ro-bind", code_dir, SANDBOX_CODE]
     args += ["--bind", work_dir, SANDBOX_WORK]
+    if sync_fds is not None:
+        args += ["--info-fd", str(sync_fds[0]), "--block-fd", str(sync_fds[1])]
     args += ["--chdir", SANDBOX_WORK, "--"]
     return args
 
@@ -269,10 +290,19 @@ def _remove_cgroups() -> None:
 atexit.register(_remove_cgroups)
 
 
+_configured: dict[tuple[int, int], tuple[str, ...]] = {}
+_cgroups_off = False
+
+
 def _uid_cgroups(uid: int, memory_mb: int) -> tuple[str, ...]:
     """The cgroup directories of ``uid`` with its limits set; () where cgroups are not
-    usable (then only the rlimits and the tmpfs sizes bound a program)."""
-    parents = _cgroup_parents()
+    usable (then only the rlimits and the tmpfs sizes bound a program). Limits are written
+    when they change, not per run."""
+    global _cgroups_off
+    key = (uid, memory_mb)
+    if key in _configured:
+        return _configured[key]
+    parents = None if _cgroups_off else _cgroup_parents()
     if not parents:
         return ()
     version = "v2" if len(parents) == 1 else "v1"
@@ -298,8 +328,12 @@ def _uid_cgroups(uid: int, memory_mb: int) -> tuple[str, ...]:
             f"cgroups not usable for the code sandbox ({e}); memory of tmpfs files is "
             "bounded only by the tmpfs size, processes only by RLIMIT_NPROC"
         )
-        _cgroup_parents.cache_clear()
+        _cgroups_off = True
         return ()
+    with _made_lock:
+        for other in [k for k in _configured if k[0] == uid]:
+            del _configured[other]  # one limit per uid at a time: the one just written
+        _configured[key] = tuple(dirs)
     return tuple(dirs)
 
 
@@ -310,7 +344,8 @@ def _write(path: str, value: str) -> None:
 
 def cgroup_join_command(cgroups: tuple[str, ...]) -> list[str]:
     """A prefix that moves the command into ``cgroups`` and then ``exec``s it, so that all it
-    starts is counted from its first instruction."""
+    starts is counted from its first instruction. Used under a ``command_prefix``, whose tool
+    may switch user before the interpreter could join them itself."""
     if not cgroups:
         return []
     procs = " ".join(os.path.join(c, "cgroup.procs") for c in cgroups)
@@ -318,6 +353,62 @@ def cgroup_join_command(cgroups: tuple[str, ...]) -> list[str]:
         raise IsolationUnavailable(f"cgroup path with white space: {cgroups}")
     script = 'for f in $0; do echo $$ > "$f" || exit 121; done; exec "$@"'
     return ["/bin/sh", "-c", script, procs]
+
+
+def join(pid: int, cgroups: tuple[str, ...]) -> None:
+    """Move process ``pid`` into ``cgroups``.
+
+    Raises:
+        IsolationUnavailable: It could not be moved.
+    """
+    for cgroup in cgroups:
+        try:
+            _write(os.path.join(cgroup, "cgroup.procs"), str(pid))
+        except OSError as e:
+            raise IsolationUnavailable(f"cannot move process {pid} into {cgroup}: {e}") from None
+
+
+def _in_cgroups(pid: int, cgroups: tuple[str, ...]) -> bool:
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    paths = {line.split(":", 2)[2] for line in lines}
+    return all(any(cgroup.endswith(path) and path != "/" for path in paths) for cgroup in cgroups)
+
+
+def admit(
+    bwrap_pid: int, info_fd: int, block_fd: int, cgroups: tuple[str, ...], timeout_s: float
+) -> None:
+    """Put a bwrap run into ``cgroups`` before its program starts, then let it start.
+
+    bwrap itself is moved at once, while it is young: moving a process costs ~0.05 ms then,
+    and ~5 ms (memory controller, cgroup v1) once it has set up its namespaces. What it forks
+    next, the program, is born inside. If it forked first, the program (its pid read from
+    ``info_fd``) is moved too. Then a byte on ``block_fd`` lets bwrap start it.
+
+    Raises:
+        IsolationUnavailable: bwrap reported no pid (it failed: its stderr says why) or a
+            process could not be moved; the program is then not started.
+    """
+    join(bwrap_pid, cgroups)
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([info_fd], [], [], remaining)[0]:
+            raise IsolationUnavailable("bwrap did not report its sandbox in time")
+        chunk = os.read(info_fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        pid = int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise IsolationUnavailable("bwrap did not start the sandbox") from None
+    if not _in_cgroups(pid, cgroups):
+        join(pid, cgroups)
+    os.write(block_fd, b"1")
 
 
 def kill_cgroup(cgroups: tuple[str, ...]) -> None:
