@@ -110,3 +110,24 @@ def test_config_rejects_unknown_isolation():
         SandboxConfig(uid_base=0)
     with pytest.raises(Exception, match="task.code.isolation"):
         TaskConfig(code=CodeConfig(isolation="jail"))
+
+
+@needs_root
+def test_uid_cgroup_and_limits_apply_under_a_command_prefix():
+    """A prefix tool stands in for the namespaces; who runs the program and its limits stay."""
+    config = SandboxConfig(
+        python=sandbox_python("none"), timeout_s=20, command_prefix=("env", "X=1"), memory_mb=300
+    )
+    program = (
+        "import os, resource\n"
+        "print(os.getuid(), resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,"
+        " resource.getrlimit(resource.RLIMIT_NPROC)[0])\n"
+        "print(open('/proc/self/cgroup').read())"
+    )
+    result = run_python(program, config=config)
+    assert result.status == "passed", result.stderr
+    first, cgroups = result.stdout.split("\n", 1)
+    uid, address_space_mb, processes = map(int, first.split())
+    assert uid >= config.uid_base and address_space_mb == 300 and processes == 0
+    if isolation._cgroup_parents():
+        assert f"r1pipe-sandbox/uid-{uid}" in cgroups
