@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -65,10 +66,31 @@ def _explain(err: Exception) -> str:
     m = re.search(r"Key '([^']+)' (?:is )?not in struct|Key '([^']+)' not in '(\w+)'", str(cause))
     if m or "not in struct" in str(cause):
         key = full_key or (m.group(1) or m.group(2) if m else "?")
-        return f"unknown config key '{key}'"
+        return f"unknown config key '{key}'{_did_you_mean(key)}"
     if full_key:
         return f"invalid value for '{full_key}': {first}"
     return first
+
+
+def _did_you_mean(key: str) -> str:
+    """`` (did you mean 'stage.cold_start.max_steps'?)`` for a near miss of a schema key."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.structured(R1Config)
+    if parent:
+        node = OmegaConf.select(node, parent, default=None)
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    return f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+
+
+def _check_against_schema(cfg: DictConfig) -> None:
+    """Merge the composed tree into a fresh schema: Hydra applies ``+key=value`` with the
+    struct flag off, so a key the schema lacks (``+stage.cold_start.max_stepz=5``) would
+    otherwise ride along unchecked, and ``OmegaConf.to_object`` keeps it as a stray attribute.
+    The merge refuses unknown keys and converts every value to its field's type."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    OmegaConf.merge(OmegaConf.structured(R1Config), container)
 
 
 def compose(overrides: list[str] | None = None) -> tuple[R1Config, DictConfig]:
@@ -119,6 +141,7 @@ def validate(cfg: DictConfig) -> tuple[R1Config, DictConfig]:
     """Resolve interpolations, check mandatory values and cross-field rules."""
     try:
         OmegaConf.resolve(cfg)
+        _check_against_schema(cfg)
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:
         raise UserError(
