@@ -14,14 +14,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
+from hydra.plugins.config_source import ConfigSource
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from r1pipe.config.inputs import read_text
 from r1pipe.config.schema import ConfigError, R1Config
 from r1pipe.errors import UserError
 
@@ -51,6 +54,17 @@ def _split_conf(overrides: list[str]) -> tuple[str | None, list[str]]:
     return conf, rest
 
 
+def _first_line(text: str) -> str:
+    """The first line of an error, joined to the next when it only introduces it (Hydra's
+    ``In 'x': ValidationError raised while composing config:`` then the reason)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
 def _explain(err: Exception) -> str:
     """Turn a Hydra/OmegaConf exception into one line that names the key."""
     msg = str(err).strip()
@@ -62,7 +76,7 @@ def _explain(err: Exception) -> str:
         return f"unknown config option '{what}'{avail}"
     cause = err.__cause__ or err
     full_key = getattr(cause, "full_key", None)
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else msg.splitlines()[0]
+    first = _first_line(str(cause)) or _first_line(msg)
     m = re.search(r"Key '([^']+)' (?:is )?not in struct|Key '([^']+)' not in '(\w+)'", str(cause))
     if m or "not in struct" in str(cause):
         key = full_key or (m.group(1) or m.group(2) if m else "?")
@@ -70,6 +84,40 @@ def _explain(err: Exception) -> str:
     if full_key:
         return f"invalid value for '{full_key}': {first}"
     return first
+
+
+def _experiment_text(path: str) -> str:
+    """The text of a user's experiment file (``conf=PATH``) once it is known to compose as
+    one: UTF-8 (a byte order mark dropped), valid YAML, a mapping, with the ``_global_``
+    package header."""
+    key = f"conf={path}"
+    text = read_text(path, "conf")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{key}: not valid YAML ({where}{problem})") from None
+    if data is None:
+        raise UserError(f"{key}: has no config keys (only comments or blank lines)")
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{key}: an experiment file is a mapping of config keys (model:, task:, stage:, "
+            f"...), not a {'list' if isinstance(data, list) else type(data).__name__}; see "
+            "conf/experiment/smoke.yaml"
+        )
+    try:
+        package = ConfigSource._get_header_dict(text).get("package")
+    except ValueError as e:  # a malformed `# @...` header line
+        raise UserError(f"{key}: bad header line ({e})") from None
+    if package != "_global_":
+        found = "has no '# @package' header" if package is None else f"is '@package {package}'"
+        raise UserError(
+            f"{key}: {found}; an experiment sets top-level keys (model:, task:, stage:, ...), "
+            "so make '# @package _global_' its first line"
+        )
+    return text
 
 
 def _did_you_mean(key: str) -> str:
@@ -112,14 +160,15 @@ def compose(overrides: list[str] | None = None) -> tuple[R1Config, DictConfig]:
     search = conf_dir()
     try:
         if conf is not None and (conf.endswith((".yaml", ".yml")) or os.sep in conf):
-            src = Path(conf)
-            if not src.is_file():
+            src = Path(conf).expanduser()
+            if not src.exists():
                 raise UserError(f"conf={conf}: experiment file not found")
+            text = _experiment_text(conf)
             # Compose from a private copy of the tree with the user's file as one more
             # experiment, so it can use `override /model: ...` like the shipped ones.
             tmp = tempfile.mkdtemp(prefix="r1pipe-conf-")
             shutil.copytree(search, tmp, dirs_exist_ok=True)
-            shutil.copy(src, Path(tmp) / "experiment" / "_user.yaml")
+            (Path(tmp) / "experiment" / "_user.yaml").write_text(text, encoding="utf-8")
             search, conf = Path(tmp), "_user"
         if conf is not None:
             rest = [f"experiment={conf}"] + rest
@@ -127,8 +176,12 @@ def compose(overrides: list[str] | None = None) -> tuple[R1Config, DictConfig]:
         try:
             with initialize_config_dir(config_dir=str(search), version_base="1.3"):
                 cfg = hydra_compose(config_name="config", overrides=rest)
-        except (HydraException, OmegaConfBaseException) as e:
-            raise UserError(f"config error: {_explain(e)}") from None
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
+            msg = _explain(e)
+            if tmp:  # name the user's file, not the private copy
+                msg = msg.replace(str(Path(tmp) / "experiment" / "_user.yaml"), str(src))
+                msg = msg.replace("experiment/_user", str(src))
+            raise UserError(f"config error: {msg}") from None
         finally:
             GlobalHydra.instance().clear()
     finally:
