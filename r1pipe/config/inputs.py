@@ -42,11 +42,15 @@ def check_file(path: str | Path, key: str) -> Path:
     return p
 
 
-def decode_text(data: bytes, where: str) -> str:
+def decode_text(data: bytes, where: str, *, lines: bool = True) -> str:
     """UTF-8 text, without a leading byte order mark (editors on Windows write one).
 
     >>> decode_text(b"\\xef\\xbb\\xbfq: 1", "f.yaml")
     'q: 1'
+
+    Args:
+        data: The bytes of a file, or of one line (``lines=False``: ``where`` names the line).
+        where: The file (``KEY=PATH``) or ``PATH:LINE``, for the message.
 
     Raises:
         UserError: ``WHERE: not UTF-8 text (byte 0xe9 at line L, column C); save it as UTF-8``.
@@ -58,9 +62,9 @@ def decode_text(data: bytes, where: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        at = f"line {line}, column {column}" if lines else f"column {column}"
         raise UserError(
-            f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column "
-            f"{column}); save it as UTF-8"
+            f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at {at}); save it as UTF-8"
         ) from None
 
 

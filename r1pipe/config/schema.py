@@ -59,9 +59,13 @@ class RunConfig:
     """Stages after the first start from the previous stage's checkpoint in the manifest even
     when ``model.path`` is set (it then names the base model cold-start starts from).
     ``run-all`` sets it; off, ``model.path`` is every stage's start (e.g. R1-Zero)."""
+    max_nonfinite_steps: int = 3
+    """Optimizer steps with a non-finite loss or gradient are skipped (the weights keep their
+    last finite values) and counted; this many in a row fail the stage."""
 
     def __post_init__(self) -> None:
         _check(bool(self.dir), "run.dir", "must be a non-empty path")
+        _check(self.max_nonfinite_steps >= 1, "run.max_nonfinite_steps", "must be >= 1")
 
 
 @dataclass
@@ -189,6 +193,12 @@ class TaskConfig:
     reference: str = "field"
     """How the reference answer is read from ``answer_field``: ``field`` (as is), ``gsm8k``
     (after ``####``), ``boxed`` (last ``\\boxed{}``)."""
+    duplicates: str = "refuse"
+    """A row whose id (``id``, else ``unique_id``/``task_id``; rows without one are numbered)
+    an earlier row of the same file has: ``refuse`` (stop with its file:line) or ``drop``
+    (keep the first row of each id, report how many went). ``refuse`` by default: ids key the
+    rejection-sft samples per prompt and the evaluation records, and a repeated id is a defect
+    of the file (rows appended twice, two problems given one id) that dropping would hide."""
     # -- checking and prompting
     answer_format: str = "answer_tag"
     """Where the final answer sits in the summary: ``answer_tag`` or ``boxed``."""
@@ -213,6 +223,7 @@ class TaskConfig:
             _check(self.reference == "field", "task.reference", "must be field for code tasks")
         _one_of(self.template, "task.template", ("chat", "r1_zero"))
         _one_of(self.reference, "task.reference", ("field", "gsm8k", "boxed"))
+        _one_of(self.duplicates, "task.duplicates", ("refuse", "drop"))
         _check(self.eval_size > 0, "task.eval_size", "must be > 0")
         _check(self.tolerance >= 0, "task.tolerance", "must be >= 0")  # also rejects NaN
         if self.kind == "addition":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from r1pipe.config.schema import CodeConfig, TaskConfig
-from r1pipe.data.jsonl import read_jsonl
+from r1pipe.data.jsonl import drop_duplicate_ids, read_jsonl, row_id, text_field
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.rewards.code import parse_reference, parse_tests
@@ -66,26 +66,18 @@ def _tests_value(value: Any) -> Any:
     return value
 
 
-def _text(row: dict, name: str, where: str, key: str) -> str:
-    value = row.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(
-            f"{where}: row has no text field '{name}' ({key}); fields present: {sorted(row)}"
-        )
-    return value
-
-
 def load_code_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example]:
     """Examples of a code task from a JSONL file with the field mapping in ``cfg``.
 
     Raises:
-        UserError: A missing file or field, or tests that are not valid (file:line named).
+        UserError: A missing file or field, tests that are not valid (file:line named), or a
+            repeated id under ``task.duplicates=refuse``.
     """
     path = Path(file).expanduser()
-    examples = []
+    examples, wheres = [], []
     for lineno, row in read_jsonl(path, key):
         where = f"{path}:{lineno}"
-        question = _text(row, cfg.prompt_field, where, "task.prompt_field")
+        question = text_field(row, cfg.prompt_field, where, "task.prompt_field")
         if row.get(cfg.answer_field) is None:
             raise UserError(
                 f"{where}: row has no field '{cfg.answer_field}' (task.answer_field, the "
@@ -98,15 +90,19 @@ def load_code_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example]
             raise UserError(f"{where}: bad tests in '{cfg.answer_field}': {e}") from None
         response = None
         if cfg.solution_field:
-            response = code_response(_text(row, cfg.solution_field, where, "task.solution_field"))
+            solution = text_field(row, cfg.solution_field, where, "task.solution_field")
+            response = code_response(solution)
         examples.append(
             Example(
-                id=str(row.get("id", row.get("task_id", lineno - 1))),
+                id=row_id(row, ("id", "task_id"), str(lineno - 1), where),
                 question=question,
                 reference=code_reference(tests, cfg.code),
                 response=response,
             )
         )
+        wheres.append(where)
+    keep = drop_duplicate_ids([e.id for e in examples], wheres, cfg.duplicates, key)
+    examples = [examples[i] for i in keep]
     check_sandbox(examples[0].reference)
     return examples
 

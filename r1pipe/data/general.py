@@ -15,8 +15,9 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from r1pipe.config.inputs import check_file
 from r1pipe.config.schema import TaskConfig
-from r1pipe.data.jsonl import read_jsonl
+from r1pipe.data.jsonl import read_jsonl, row_id, text_field
 from r1pipe.data.templates import build_prompt
 from r1pipe.errors import UserError
 
@@ -36,8 +37,8 @@ class GeneralExample:
 def resolve_general_file(name: str, key: str) -> Path:
     """``name`` as a path, or else a file shipped in ``r1pipe/data/assets/``."""
     path = Path(name).expanduser()
-    if path.is_file():
-        return path
+    if path.exists():
+        return check_file(name, key)  # a directory or an empty file is named as such
     shipped = ASSETS / name
     if not path.is_absolute() and shipped.is_file():
         return shipped
@@ -50,15 +51,18 @@ def load_general(name: str, key: str) -> list[GeneralExample]:
     path = resolve_general_file(name, key)
     out: list[GeneralExample] = []
     for lineno, row in read_jsonl(path, key):
-        for field in ("prompt", "response"):
-            if not isinstance(row.get(field), str) or not row[field].strip():
-                raise UserError(f"{path}:{lineno}: row has no text field '{field}' ({key})")
+        where = f"{path}:{lineno}"
+        prompt = text_field(row, "prompt", where, key)
+        response = text_field(row, "response", where, key)
+        complex_ = row.get("complex", False)
+        if not isinstance(complex_, bool):
+            raise UserError(f"{where}: field 'complex' ({key}) must be true or false")
         out.append(
             GeneralExample(
-                id=f"general-{row.get('id', lineno)}",
-                prompt=row["prompt"],
-                response=row["response"].strip(),
-                complex=bool(row.get("complex", False)),
+                id=f"general-{row_id(row, ('id',), str(lineno), where)}",
+                prompt=prompt,
+                response=response.strip(),
+                complex=complex_,
             )
         )
     return out

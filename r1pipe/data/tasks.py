@@ -1,4 +1,4 @@
-"""Task builders: the synthetic task from a seed, or local JSONL files through ``datasets``.
+"""Task builders: the synthetic task from a seed, or local JSON-lines files.
 
 ``load_task(cfg.task)`` returns ``(train, held_out)`` lists of
 :class:`~r1pipe.data.types.Example`. A bad file or row raises one
@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from r1pipe.config.schema import TaskConfig
 from r1pipe.data.code import load_code_examples
+from r1pipe.data.jsonl import answer_field, drop_duplicate_ids, read_jsonl, row_id, text_field
 from r1pipe.data.synthetic import addition_splits
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
@@ -44,67 +44,39 @@ def load_task(cfg: TaskConfig) -> tuple[list[Example], list[Example]]:
     return train, held
 
 
-def _read_rows(path: Path, key: str) -> list[dict]:
-    """Rows of a JSON-lines file via ``datasets``; on a parse error, find the bad line."""
-    from datasets import load_dataset
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
-    try:
-        ds = load_dataset("json", data_files=str(path), split="train")
-    except Exception as e:  # datasets wraps parse errors in several types
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as je:
-                        raise UserError(f"{path}:{lineno}: not valid JSON ({je.msg})") from None
-                    if not isinstance(row, dict):
-                        raise UserError(
-                            f"{path}:{lineno}: expected a JSON object per line"
-                        ) from None
-        raise UserError(f"{key}={path}: cannot be read as JSON lines ({e})") from None
-    return ds.to_list()
-
-
 def load_jsonl_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example]:
-    """Examples from a GSM8K- or MATH-style JSONL file with the field mapping in ``cfg``."""
+    """Examples from a GSM8K- or MATH-style JSONL file with the field mapping in ``cfg``.
+
+    Rows are read with the standard library (:func:`~r1pipe.data.jsonl.read_jsonl`) and each
+    value's type is checked, so a list answer is refused with its file:line instead of
+    becoming the text ``['3']``. Repeated ids follow ``cfg.duplicates``.
+
+    Raises:
+        UserError: A missing, empty or unreadable file; a row without a field, with an empty
+            one, or with one of the wrong type; a repeated id under ``duplicates=refuse``.
+    """
     path = Path(file).expanduser()
-    if not path.is_file():
-        raise UserError(f"{key}={file}: no such file")
-    rows = _read_rows(path, key)
-    if not rows:
-        raise UserError(f"{key}={file}: the file has no rows")
-    examples = []
-    for i, row in enumerate(rows):
-        where = f"{path}:{i + 1}"  # one JSON object per line, so row i is line i + 1
-        question = _field(row, cfg.prompt_field, where, "task.prompt_field")
-        raw_answer = _field(row, cfg.answer_field, where, "task.answer_field")
+    examples, wheres = [], []
+    for i, (lineno, row) in enumerate(read_jsonl(path, key)):
+        where = f"{path}:{lineno}"
+        question = text_field(row, cfg.prompt_field, where, "task.prompt_field")
+        raw_answer = answer_field(row, cfg.answer_field, where, "task.answer_field")
         reference = _reference(raw_answer, cfg.reference, where)
         response = None
         if cfg.solution_field:
-            solution = _field(row, cfg.solution_field, where, "task.solution_field")
+            solution = text_field(row, cfg.solution_field, where, "task.solution_field")
             response = r1_response(solution, reference, cfg)
         examples.append(
             Example(
-                id=str(row.get("id", row.get("unique_id", i))),
+                id=row_id(row, ("id", "unique_id"), str(i), where),
                 question=question,
                 reference=reference,
                 response=response,
             )
         )
-    return examples
-
-
-def _field(row: dict, name: str, where: str, key: str) -> str:
-    value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(
-            f"{where}: row has no field '{name}' ({key}); "
-            f"fields present: {sorted(k for k, v in row.items() if v is not None)}"
-        )
-    return str(value)
+        wheres.append(where)
+    keep = drop_duplicate_ids([e.id for e in examples], wheres, cfg.duplicates, key)
+    return [examples[i] for i in keep]
 
 
 def _reference(raw: str, mode: str, where: str) -> str:

@@ -49,7 +49,9 @@ from r1pipe.stages.common import (
     finish_stage,
     heldout_eval,
     maybe_fault,
+    resume_engine,
     set_seed,
+    settle_replaced,
     stage_guard,
 )
 from r1pipe.training.dist import all_reduce_sum
@@ -174,11 +176,9 @@ def run_sft(
         grad_accum=grad_accum,
         max_grad_norm=sft.max_grad_norm,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
+        max_nonfinite_steps=cfg.run.max_nonfinite_steps,
     )
-    start_step = 0
-    if ctx.resume_from is not None:
-        state = engine.load_checkpoint(ctx.resume_from)
-        start_step = int(state["step"])
+    start_step = resume_engine(ctx, engine)
     log = ctx.metrics_logger(start_step)
     ctx.log(
         f"SFT on {len(data)} examples ({n_truncated} truncated to {sft.max_seq_len} tokens), "
@@ -227,6 +227,7 @@ def run_sft(
                     "grad_norm": out["grad_norm"],
                     "lr": out["lr"],
                     "loss_tokens": int(normalizer),
+                    "skipped_steps": engine.skipped_steps,
                     "tokens_per_s": window_tokens / dt,
                     "epoch": done * sft.global_batch_size / len(data),
                     "elapsed_s": time.time() - ctx.t0,
@@ -235,6 +236,7 @@ def run_sft(
                 window_tokens, window_t0 = 0.0, time.perf_counter()
             if sft.save_every and done % sft.save_every == 0 and done < total_steps:
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
+                settle_replaced(ctx, failed=False)
             maybe_fault(done)
     engine.export_hf(ctx.final_dir, tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")

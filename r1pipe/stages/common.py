@@ -15,7 +15,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from r1pipe.config.schema import R1Config
 from r1pipe.data.types import Example
+from r1pipe.errors import UserError
 from r1pipe.run_dir import (
     PARENT_STAGE,
+    STAGE_ORDER,
     RunDir,
     atomic_write_text,
     config_hash,
@@ -42,10 +44,11 @@ from r1pipe.training.dist import (
     broadcast_object,
     init_distributed,
 )
-from r1pipe.training.engine import complete_checkpoints
+from r1pipe.training.engine import complete_checkpoints, resume_candidates
 from r1pipe.training.metrics import MetricsLogger
 
-console = Console(stderr=True)
+# soft_wrap: a long line stays one line in a log file or a pipe (no breaks at 80 columns)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -69,6 +72,13 @@ class StageContext:
     t0: float
     skipped: dict[str, Any] | None = None
     """The manifest entry when the stage was already completed with this config (skip it)."""
+    resume_candidates: list[Path] = dataclasses.field(default_factory=list)
+    """Verified complete checkpoints, newest first (``resume_from`` is the first): the
+    fallbacks when one cannot be loaded."""
+    replaced: dict[str, Any] | None = None
+    """A completed run of this stage moved aside for this one (``aside``, ``entry``, ``stale``:
+    the later stages marked stale with their entries), restored if this run fails before its
+    first checkpoint, deleted once this run has one."""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -167,16 +177,22 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
         ctx.log("already completed with this config: skipped")
         return ctx
     barrier()  # every rank has read the manifest before rank 0 rewrites it
+    candidates: list[Path] = []
+    replaced: dict[str, Any] | None = None
     if dist.is_main:
-        ckpts = complete_checkpoints(stage_dir / "checkpoints")
         if (
             cfg.run.resume
             and entry
-            and entry.get("status") in ("running", "failed")
+            and entry.get("status") in RESUMABLE
             and entry.get("config_hash") == chash
-            and ckpts
         ):
-            resume_from = ckpts[-1]
+            candidates = resume_candidates(stage_dir / "checkpoints", _log_main(name))
+        if candidates:
+            resume_from = candidates[0]
+        elif entry and entry.get("status") == "completed" and stage_dir.exists():
+            # Rerun of a completed stage: its outputs are moved aside, not deleted, until this
+            # run has a checkpoint of its own (restored if it fails before).
+            replaced = _replace_completed(run_dir, name, entry)
         elif stage_dir.exists():
             # A fresh start: nothing of an earlier attempt may leak into this one.
             shutil.rmtree(stage_dir)
@@ -188,10 +204,11 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
             config_hash=chash,
             resumed_from=run_dir.rel(resume_from) if resume_from else None,
         )
-    resume_from = broadcast_object(resume_from)
+    resume_from, candidates = broadcast_object((resume_from, candidates))
     ctx = StageContext(
         name, key, cfg, dcfg, dist, run_dir, stage_dir, start_model, chash, resume_from, time.time()
     )
+    ctx.resume_candidates, ctx.replaced = candidates, replaced
     ctx.log(
         f"run dir {run_dir.path}; starting from {parent}; world size {dist.world_size}"
         + (f"; resuming from {resume_from.name}" if resume_from else "")
@@ -199,15 +216,98 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
     return ctx
 
 
+#: Manifest statuses from which a stage resumes its last complete checkpoint.
+RESUMABLE = ("running", "failed", "interrupted")
+
+
+def _log_main(name: str) -> Callable[[str], None]:
+    return lambda msg: console.print(f"[bold cyan]\\[{name}][/] {msg}")
+
+
+def _replace_completed(run_dir: RunDir, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Move a completed stage's directory aside and mark the completed stages after it stale
+    (their input is about to change). Rank 0."""
+    aside = run_dir.path / f".{name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    run_dir.stage_dir(name).rename(aside)
+    stale = {}
+    for later in STAGE_ORDER[STAGE_ORDER.index(name) + 1 :] if name in STAGE_ORDER else ():
+        later_entry = run_dir.stage_entry(later)
+        if later_entry and later_entry.get("status") == "completed":
+            stale[later] = dict(later_entry)
+            run_dir.update_stage(later, status="stale", stale_because=f"{name} is being rerun")
+    return {"aside": aside, "entry": dict(entry), "stale": stale}
+
+
+def settle_replaced(ctx: StageContext, *, failed: bool) -> None:
+    """After this run saved a checkpoint or completed (``failed=False``): delete the replaced
+    run. After a failure: restore it when this run has no checkpoint yet. Rank 0."""
+    if not ctx.dist.is_main or ctx.replaced is None:
+        return
+    replaced, ctx.replaced = ctx.replaced, None
+    if not failed or complete_checkpoints(ctx.checkpoints_dir):
+        shutil.rmtree(replaced["aside"], ignore_errors=True)
+        return
+    shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+    replaced["aside"].rename(ctx.stage_dir)
+    run = ctx.run_dir
+    data = run.read_manifest()
+    data["stages"][ctx.name] = replaced["entry"]
+    data["stages"].update(replaced["stale"])
+    atomic_write_text(run.manifest_path, json.dumps(data, indent=2) + "\n")
+    ctx.log(
+        f"this run failed before its first checkpoint: the completed {ctx.name} run is restored"
+    )
+
+
+def resume_engine(
+    ctx: StageContext, engine: Any, after_load: Callable[[Path], None] | None = None
+) -> int:
+    """Load the newest checkpoint of ``ctx.resume_candidates`` that every rank can load into
+    ``engine`` (and ``after_load(path)``, e.g. a reference model); return its step (0 with no
+    candidate). One that fails to load is named, and the previous one is tried.
+
+    Raises:
+        UserError: None of them could be loaded.
+    """
+    errors = []
+    for path in ctx.resume_candidates:
+        error = ""
+        state: dict[str, Any] = {}
+        try:
+            state = engine.load_checkpoint(path)
+            if after_load is not None:
+                after_load(path)
+        except Exception as e:  # a damaged file that still matched its hash, a version skew
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        failed = all_gather_objects(error)
+        if not any(failed):
+            if path != ctx.resume_candidates[0]:
+                ctx.log(f"resuming from {path.name} instead")
+            ctx.resume_from = path
+            return int(state["step"])
+        errors.append(f"{path.name}: {next(e for e in failed if e)}")
+        ctx.log(f"checkpoint {path.name} could not be loaded ({errors[-1]})")
+    if errors:
+        raise UserError(
+            f"{ctx.name}: no checkpoint in {ctx.checkpoints_dir} could be loaded ("
+            + "; ".join(errors)
+            + "); pass run.resume=false to start the stage over"
+        )
+    return 0
+
+
 @contextmanager
 def stage_guard(ctx: StageContext) -> Iterator[None]:
-    """Mark the stage ``failed`` in the manifest if the body raises (then re-raise)."""
+    """Mark the stage ``failed`` in the manifest if the body raises (then re-raise); a
+    completed run it replaced comes back if this one has no checkpoint yet."""
     try:
         yield
     except BaseException as e:
         if ctx.dist.is_main:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             ctx.run_dir.fail_stage(ctx.name, f"{type(e).__name__}: {msg}")
+            settle_replaced(ctx, failed=True)
         raise
 
 
@@ -275,6 +375,7 @@ def finish_stage(ctx: StageContext, metrics: dict[str, Any]) -> None:
     metrics = {**metrics, "wall_seconds": round(time.time() - ctx.t0, 1)}
     if ctx.dist.is_main:
         ctx.run_dir.finish_stage(ctx.name, checkpoint=ctx.final_dir, metrics=metrics)
+        settle_replaced(ctx, failed=False)
         shown = ", ".join(
             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
         )

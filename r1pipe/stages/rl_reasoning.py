@@ -66,7 +66,9 @@ from r1pipe.stages.common import (
     finish_stage,
     heldout_eval,
     maybe_fault,
+    resume_engine,
     set_seed,
+    settle_replaced,
     stage_guard,
 )
 from r1pipe.training.dist import all_reduce_sum
@@ -249,6 +251,7 @@ class GRPOTrainer:
             grad_accum=self.grad_accum,
             max_grad_norm=rl.max_grad_norm,
             gradient_checkpointing=self.cfg.model.gradient_checkpointing,
+            max_nonfinite_steps=self.cfg.run.max_nonfinite_steps,
         )
         self.zero3 = self.cfg.deepspeed.zero_stage == 3
         # length groups make a data-dependent number of forward passes; ZeRO-3 ranks must
@@ -567,12 +570,12 @@ def run_grpo(
     dist = ctx.dist
     trainer = GRPOTrainer(ctx, rl, reward_fn, prompt_batch=prompt_batch, prompt_text=prompt_text)
     engine = trainer.engine
-    start_step = 0
-    if ctx.resume_from is not None:
-        state = engine.load_checkpoint(ctx.resume_from)
-        start_step = int(state["step"])
-        if trainer.ref is not None and trainer.load_reference(ctx.resume_from):
-            ctx.log(f"reference model restored from {ctx.run_dir.rel(ctx.resume_from)}")
+
+    def restore_reference(path: Path) -> None:
+        if trainer.ref is not None and trainer.load_reference(path):
+            ctx.log(f"reference model restored from {ctx.run_dir.rel(path)}")
+
+    start_step = resume_engine(ctx, engine, restore_reference)
     log = ctx.metrics_logger(start_step)
     ctx.log(
         f"GRPO: {rl.max_steps} steps x {rl.prompts_per_step} prompts x G={rl.group_size}, "
@@ -608,6 +611,7 @@ def run_grpo(
                 **train_stats,
                 "accuracy": stats.get("reward/accuracy"),
                 "format_rate": stats.get("reward/format"),
+                "skipped_steps": engine.skipped_steps,
                 "time_train": t2 - t1,
                 "time_step": t2 - t0,
                 "tokens_per_s": (stats["generated_tokens"] + train_stats["trained_tokens"])
@@ -635,6 +639,7 @@ def run_grpo(
                     # save, which marks the checkpoint COMPLETE last
                     trainer.save_reference(ctx.checkpoints_dir / f"step-{done}")
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
+                settle_replaced(ctx, failed=False)
             maybe_fault(done)
     engine.export_hf(ctx.final_dir, trainer.tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")

@@ -7,11 +7,15 @@ same whatever the split into ranks and micro-batches (tests/stages/test_distribu
 
 Checkpoints are DeepSpeed checkpoints (model, optimizer, scheduler) plus, per rank, the RNG
 state, in ``STAGE/checkpoints/step-N/``; a ``COMPLETE`` marker written after every rank has
-saved makes a checkpoint eligible for resume, so a crash during a save is harmless.
+saved makes a checkpoint eligible for resume, so a crash during a save is harmless. The marker
+records the size and sha256 of every file of the checkpoint (hashed by all ranks, each its
+share); :func:`resume_candidates` verifies them before a checkpoint is used, so a file
+corrupted or truncated later is found and the previous complete checkpoint is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -24,7 +28,8 @@ import numpy as np
 import torch
 
 from r1pipe.config.schema import DeepSpeedConfig
-from r1pipe.training.dist import DistInfo, barrier
+from r1pipe.errors import UserError
+from r1pipe.training.dist import DistInfo, all_gather_objects, barrier, broadcast_object
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -102,6 +107,10 @@ def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[k] = v
 
 
+class NonFiniteTraining(UserError):
+    """Training produced non-finite values that skipping steps did not get past."""
+
+
 class _LossModule(torch.nn.Module):
     """Runs a loss function inside the DeepSpeed engine's forward.
 
@@ -132,6 +141,9 @@ class TrainEngine:
         grad_accum: Micro-batches per optimizer step on each rank.
         max_grad_norm: Global gradient-norm clip.
         gradient_checkpointing: Recompute activations in backward.
+        max_nonfinite_steps: An optimizer step whose gradients are not all finite (on any
+            rank) is skipped, leaving weights and optimizer state as they were; this many in
+            a row raise :class:`NonFiniteTraining`.
     """
 
     def __init__(
@@ -152,6 +164,7 @@ class TrainEngine:
         grad_accum: int,
         max_grad_norm: float,
         gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ):
         import deepspeed
 
@@ -209,6 +222,43 @@ class TrainEngine:
             lr_scheduler=make_scheduler,
             config=self.ds_config,
         )
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.skipped_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._step_skipped = False
+        self._guard_optimizer()
+
+    def _guard_optimizer(self) -> None:
+        """Skip the update of a step whose gradients are not all finite.
+
+        The check sits in the innermost optimizer's ``step`` (torch's AdamW or DeepSpeed's CPU
+        Adam, under any ZeRO wrapper), where every rank holds the final, clipped gradients of
+        its partition; one all-reduce makes the ranks agree. Skipped there, the weights and
+        Adam's moments stay as they were (a NaN clipped into them would poison every later
+        step)."""
+        inner = self.engine.optimizer
+        while getattr(inner, "optimizer", None) is not None and inner.optimizer is not inner:
+            inner = inner.optimizer
+        step = inner.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            grads = [
+                p.grad
+                for group in inner.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            ]
+            bad = 0.0
+            if grads:
+                bad = float(~torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            from r1pipe.training.dist import all_reduce_sum
+
+            if all_reduce_sum(bad, self.dist.device) > 0:
+                self._step_skipped = True
+                return None
+            return step(*args, **kwargs)
+
+        inner.step = guarded_step
 
     @property
     def _norm_untracked(self) -> bool:
@@ -236,6 +286,7 @@ class TrainEngine:
             ``loss`` (global, normalised), ``grad_norm``, ``lr`` and summed stats of this rank.
         """
         assert len(micro_batches) == self.grad_accum, (len(micro_batches), self.grad_accum)
+        self._step_skipped = False
         self.engine.train()
         scale = self.dist.world_size * self.grad_accum / max(normalizer, 1e-12)
         local_loss = 0.0
@@ -258,10 +309,27 @@ class TrainEngine:
 
         total = all_reduce_sum(local_loss, self.dist.device)
         grad_norm = own_norm if self._norm_untracked else self.engine.get_global_grad_norm()
+        loss = total / max(normalizer, 1e-12)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        skipped = self._step_skipped or not math.isfinite(loss)
+        if skipped:
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                raise NonFiniteTraining(
+                    f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
+                    f"or gradient (last: loss {loss:.4g}, grad_norm {grad_norm:.4g}); they were "
+                    "skipped, so the weights are the last finite ones, but training is not "
+                    "converging: lower the learning rate or check the data "
+                    "(run.max_nonfinite_steps sets how many are tolerated)"
+                )
+        else:
+            self.nonfinite_in_a_row = 0
         return {
-            "loss": total / max(normalizer, 1e-12),
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "loss": loss,
+            "grad_norm": grad_norm,
             "lr": float(self.scheduler.get_last_lr()[0]) if self.scheduler else float("nan"),
+            "skipped_steps": float(self.skipped_steps),
             **stats,
         }
 
@@ -276,8 +344,10 @@ class TrainEngine:
         path = root / tag
         torch.save(_rng_state(), path / f"rng_rank{self.dist.rank}.pt")
         barrier()
+        files = checkpoint_files(path, self.dist)
         if self.dist.is_main:
-            (path / "COMPLETE").write_text(json.dumps({"step": step}) + "\n")
+            marker = {"step": step, "files": files}
+            (path / "COMPLETE").write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
             for old in complete_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
@@ -316,12 +386,84 @@ class TrainEngine:
                 if self.dist.is_main
                 else None
             )
+        bad = None
+        if self.dist.is_main:
+            assert state is not None
+            bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        bad = broadcast_object(bad)
+        if bad:
+            raise NonFiniteTraining(
+                f"not exporting {out_dir}: {len(bad)} tensors have non-finite values "
+                f"(first {bad[0]})"
+            )
         if self.dist.is_main:
             assert state is not None
             out_dir.mkdir(parents=True, exist_ok=True)
             module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
         barrier()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checkpoint_files(path: Path, dist: DistInfo) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``path`` (collective: each rank hashes its share).
+    Call after every rank has written its files."""
+    names = None
+    if dist.is_main:
+        names = sorted(
+            str(p.relative_to(path))
+            for p in path.rglob("*")
+            if p.is_file() and p.name != "COMPLETE"
+        )
+    names = broadcast_object(names)
+    mine = {
+        name: {"size": (path / name).stat().st_size, "sha256": _sha256(path / name)}
+        for name in names[dist.rank :: dist.world_size]
+    }
+    merged: dict[str, dict[str, Any]] = {}
+    for part in all_gather_objects(mine):
+        merged.update(part)
+    return merged
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be used (a missing, truncated or altered file, an
+    unreadable marker), or None. A marker of an older r1pipe without file hashes passes."""
+    try:
+        marker = json.loads((path / "COMPLETE").read_text())
+    except (OSError, ValueError) as e:
+        return f"its COMPLETE marker is unreadable ({e})"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if files is None:
+        return None
+    for name, want in sorted(files.items()):
+        file = path / name
+        try:
+            size = file.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != want["size"]:
+            return f"{name} has {size} bytes, {want['size']} when saved"
+        if _sha256(file) != want["sha256"]:
+            return f"{name} does not match its sha256 at save time"
+    return None
+
+
+def resume_candidates(root: Path, log: Callable[[str], None]) -> list[Path]:
+    """Complete checkpoints under ``root`` whose files verify, newest first; each one that
+    does not is named in ``log`` with the reason."""
+    good = []
+    for path in reversed(complete_checkpoints(root)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            good.append(path)
+        else:
+            log(f"checkpoint {path.name} is damaged ({problem}); not used")
+    return good
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

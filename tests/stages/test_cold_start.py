@@ -67,6 +67,48 @@ def test_resume_after_crash_continues_the_same_curve(smoke_run, tmp_path):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
 
 
+def _damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "overwrite":  # 4 KiB in the middle, the size kept
+        middle = len(data) // 2
+        data[middle : middle + 4096] = bytes(range(256)) * 16
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["overwrite", "truncate"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(smoke_run, tmp_path, how):
+    run_dir = tmp_path / how
+    args = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
+    assert cli(*args, env={"R1PIPE_FAULT_AT_STEP": "5"}).returncode == 137
+    newest = run_dir / "cold-start" / "checkpoints" / "step-4"
+    states = sorted(newest.rglob("*model_states.pt"))
+    assert states
+    _damage(states[0], how)
+    res = ok(cli(*args))
+    assert "checkpoint step-4 is damaged" in res.stderr and "not used" in res.stderr
+    assert "resuming from step-2" in res.stderr
+    entry = manifest(run_dir)["stages"]["cold-start"]
+    assert entry["status"] == "completed" and entry["resumed_from"].endswith("step-2")
+    resumed, straight = metrics(run_dir), metrics(smoke_run)
+    assert [m["step"] for m in resumed] == list(range(1, 7))
+    assert resumed[-1]["loss"] == pytest.approx(straight[-1]["loss"], rel=1e-6, abs=1e-7)
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "cold-start" / "checkpoint")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverging_training_fails_the_stage_without_exporting(tmp_path):
+    run_dir = tmp_path / "diverge"
+    res = cli("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}", "stage.cold_start.lr=1e30")
+    assert res.returncode == 2
+    assert "optimizer steps in a row had a non-finite loss" in res.stderr
+    assert "Traceback" not in res.stderr
+    entry = manifest(run_dir)["stages"]["cold-start"]
+    assert entry["status"] == "failed" and "NonFiniteTraining" in entry["error"]
+    assert not (run_dir / "cold-start" / "checkpoint").exists()
+
+
 def test_changed_config_starts_fresh(tmp_path):
     run_dir = tmp_path / "fresh"
     base = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")

@@ -75,7 +75,9 @@ def test_bad_rows_name_file_and_line(tmp_path):
         ({"question": "q", "tests": "assert ("}, "bad tests in 'tests'"),
         ({"question": "q"}, "no field 'tests'"),
         ({"question": "q", "tests": [{"input": "1"}]}, "bad tests"),
-        ({"tests": ["assert True"]}, "no text field 'question'"),
+        ({"tests": ["assert True"]}, "row has no field 'question'"),
+        ({"question": 7, "tests": ["assert True"]}, "'question' .* must be a string, got an int"),
+        ({"id": 0, "question": "q", "tests": ["assert True"]}, "id '0' repeats .*:1"),
     ]:
         path = tmp_path / "bad.jsonl"
         path.write_text(good + "\n" + json.dumps(row) + "\n")

@@ -38,11 +38,13 @@ def test_a_path_wins_over_the_shipped_name(tmp_path, monkeypatch):
     [
         (
             '{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n',
-            ":2: row has no text field 'response'",
+            ":2: row has no field 'response'",
         ),
-        ('{"prompt": "p", "response": "  "}\n', ":1: row has no text field 'response'"),
+        ('{"prompt": "p", "response": "  "}\n', ":1: field 'response' (KEY) is empty"),
+        ('{"prompt": ["p"], "response": "r"}\n', ":1: field 'prompt' (KEY) must be a string"),
+        ('{"prompt": "p", "response": "r", "complex": "no"}\n', ":1: field 'complex'"),
         ('{"prompt": "p", "response": "r"}\nnot json\n', ":2: not valid JSON"),
-        ("[1, 2]\n", ":1: expected a JSON object per line"),
+        ("[1, 2]\n", ":1: expected a JSON object per line, got a list"),
         ("\n", "the file has no rows"),
     ],
 )
@@ -50,8 +52,8 @@ def test_bad_rows_name_file_and_line(tmp_path, text, needle):
     f = tmp_path / "g.jsonl"
     f.write_text(text)
     with pytest.raises(UserError, match="g.jsonl") as e:
-        load_general(str(f), "stage.rejection_sft.general_file")
-    assert needle in str(e.value)
+        load_general(str(f), "KEY")
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_file_names_the_key_and_the_shipped_files():
@@ -59,6 +61,14 @@ def test_missing_file_names_the_key_and_the_shipped_files():
         resolve_general_file("nope.jsonl", "stage.rejection_sft.general_file")
     assert "stage.rejection_sft.general_file=nope.jsonl: no such file" in str(e.value)
     assert "general_chat.jsonl" in str(e.value)
+
+
+def test_a_directory_or_an_empty_file_is_named_as_such(tmp_path):
+    with pytest.raises(UserError, match=r"^K=.*: is a directory, not a file$"):
+        load_general(str(tmp_path), "K")
+    (tmp_path / "g.jsonl").write_bytes(b"")
+    with pytest.raises(UserError, match=r"^K=.*g.jsonl: is empty \(0 bytes\)$"):
+        load_general(str(tmp_path / "g.jsonl"), "K")
 
 
 def test_mix_repeats_whole_passes_in_a_seeded_order():

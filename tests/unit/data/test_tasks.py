@@ -124,3 +124,102 @@ def test_run_seed_does_not_move_the_held_out_problems():
     train2, held2 = problems("task.split_seed=1")
     assert held2 != held0
     assert not set(held2) & set(train2)  # its own split is still disjoint
+
+
+# ---- issue 12: bad data refused per row, one reader for every file --------------------------
+
+
+def _rows(tmp_path, *rows, raw: bytes = b""):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(raw + b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    return f
+
+
+def _refusal(f, *overrides) -> str:
+    cfg, _ = compose(["task=gsm8k", f"task.train_file={f}", f"task.eval_file={f}", *overrides])
+    with pytest.raises(UserError) as e:
+        load_task(cfg.task)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+GOOD = {"question": "q1", "answer": "a #### 1"}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        # str(['... #### 3']) read after '####' was the reference "3']"
+        (
+            {"question": "q", "answer": ["x #### 3"]},
+            ":2: field 'answer' (task.answer_field) must be a string or a number, got a list",
+        ),
+        (
+            {"question": "q", "answer": {"v": "#### 3"}},
+            ":2: field 'answer' (task.answer_field) must be a string or a number, got an object",
+        ),
+        (
+            {"question": 42, "answer": "#### 3"},
+            ":2: field 'question' (task.prompt_field) must be a string, got an int (42)",
+        ),
+        (
+            {"question": "  ", "answer": "#### 3"},
+            ":2: field 'question' (task.prompt_field) is empty",
+        ),
+        (
+            {"question": "q", "answer": "#### 3", "id": [1]},
+            ":2: field 'id' (the row's id) must be a string or an integer, got a list",
+        ),
+    ],
+    ids=["list-answer", "dict-answer", "int-prompt", "empty-prompt", "list-id"],
+)
+def test_a_value_of_the_wrong_type_is_refused_with_file_and_line(tmp_path, row, message):
+    f = _rows(tmp_path, GOOD, row)
+    assert _refusal(f) == f"{f}{message}"
+
+
+def test_a_numeric_answer_is_read_as_written(tmp_path):
+    f = _rows(tmp_path, {"problem": "p", "answer": 27.0}, {"problem": "p2", "answer": 5})
+    cfg, _ = compose(["task=math", f"task.train_file={f}", f"task.eval_file={f}"])
+    cfg.task.solution_field = None
+    train, _ = load_task(cfg.task)
+    assert [e.reference for e in train] == ["27.0", "5"]
+
+
+def test_duplicate_ids_refused_by_default_and_dropped_when_asked(tmp_path, caplog):
+    rows = [
+        {"question": "q1", "answer": "#### 1", "id": "a"},
+        {"question": "q2", "answer": "#### 2", "id": "b"},
+        {"question": "q3", "answer": "#### 3", "id": "a"},
+        {"question": "q4", "answer": "#### 4", "id": "b"},
+    ]
+    f = _rows(tmp_path, *rows)
+    assert _refusal(f) == (
+        f"{f}:3: id 'a' repeats {f}:1 (2 rows repeat an earlier id); make the ids unique, "
+        "or set task.duplicates=drop to keep the first row of each id"
+    )
+    cfg, _ = compose(
+        ["task=gsm8k", f"task.train_file={f}", f"task.eval_file={f}", "task.duplicates=drop"]
+    )
+    train, held = load_task(cfg.task)
+    assert [e.question for e in train] == ["q1", "q2"] and len(held) == 2
+    assert "2 rows repeat an earlier id); dropped (task.train_file" in caplog.text
+    with pytest.raises(UserError, match="task.duplicates: must be one of"):
+        compose(["task.duplicates=keep"])
+
+
+def test_byte_order_mark_accepted_and_other_encodings_named(tmp_path):
+    f = _rows(tmp_path, GOOD, raw=b"\xef\xbb\xbf")
+    train, _ = load_task(_gsm8k_cfg(f, f).task)
+    assert train[0].question == "q1"
+    f.write_bytes(json.dumps(GOOD).encode() + b'\n{"question": "caf\xe9", "answer": "#### 1"}\n')
+    assert _refusal(f) == (f"{f}:2: not UTF-8 text (byte 0xe9 at column 18); save it as UTF-8")
+
+
+def test_a_directory_or_an_empty_file_is_named_as_such(tmp_path):
+    assert _refusal(tmp_path) == f"task.train_file={tmp_path}: is a directory, not a file"
+    empty = tmp_path / "e.jsonl"
+    empty.write_bytes(b"")
+    assert _refusal(empty) == f"task.train_file={empty}: is empty (0 bytes)"
+    empty.write_text("\n\n")
+    assert _refusal(empty) == f"task.train_file={empty}: the file has no rows (only blank lines)"
