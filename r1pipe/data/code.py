@@ -101,7 +101,9 @@ def load_code_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example]
             )
         )
         wheres.append(where)
-    keep = drop_duplicate_ids([e.id for e in examples], wheres, cfg.duplicates, key)
+    keep = drop_duplicate_ids(
+        [e.id for e in examples], wheres, cfg.duplicates, key, "task.duplicates"
+    )
     examples = [examples[i] for i in keep]
     check_sandbox(examples[0].reference)
     return examples

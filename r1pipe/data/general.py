@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from r1pipe.config.inputs import check_file
 from r1pipe.config.schema import TaskConfig
-from r1pipe.data.jsonl import read_jsonl, row_id, text_field
+from r1pipe.data.jsonl import drop_duplicate_ids, read_jsonl, row_id, text_field
 from r1pipe.data.templates import build_prompt
 from r1pipe.errors import UserError
 
@@ -47,24 +47,31 @@ def resolve_general_file(name: str, key: str) -> Path:
 
 
 def load_general(name: str, key: str) -> list[GeneralExample]:
-    """Read a general SFT file; a bad line raises one UserError naming the file and line."""
+    """Read a general SFT file; a bad line or a repeated id raises one UserError naming the
+    file and line."""
     path = resolve_general_file(name, key)
     out: list[GeneralExample] = []
+    ids: list[str] = []  # as in the file; the examples' ids are prefixed
+    wheres: list[str] = []
     for lineno, row in read_jsonl(path, key):
         where = f"{path}:{lineno}"
         prompt = text_field(row, "prompt", where, key)
         response = text_field(row, "response", where, key)
+        ids.append(row_id(row, ("id",), str(lineno), where))
         complex_ = row.get("complex", False)
         if not isinstance(complex_, bool):
             raise UserError(f"{where}: field 'complex' ({key}) must be true or false")
         out.append(
             GeneralExample(
-                id=f"general-{row_id(row, ('id',), str(lineno), where)}",
+                id=f"general-{ids[-1]}",
                 prompt=prompt,
                 response=response.strip(),
                 complex=complex_,
             )
         )
+        wheres.append(where)
+    # Ids key the chains of thought written for complex rows: one id, one prompt.
+    drop_duplicate_ids(ids, wheres, "refuse", key, None)
     return out
 
 

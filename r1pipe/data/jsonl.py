@@ -120,7 +120,7 @@ def row_id(row: dict[str, Any], names: Sequence[str], default: str, where: str) 
 
 
 def drop_duplicate_ids(
-    ids: Sequence[str], wheres: Sequence[str], policy: str, key: str
+    ids: Sequence[str], wheres: Sequence[str], policy: str, key: str, setting: str | None
 ) -> list[int]:
     """Indices of the rows to keep: all of them, or the first row of each id.
 
@@ -129,12 +129,14 @@ def drop_duplicate_ids(
         wheres: One ``file:line`` per row.
         policy: ``refuse`` or ``drop`` (``task.duplicates``).
         key: The config key that named the file (``task.train_file``).
+        setting: The config key of ``policy`` (``task.duplicates``), offered in the message;
+            None where the policy is fixed.
 
     Raises:
         UserError: ``refuse`` and an id repeats; the message names the first repeat, the line
             it repeats and how many repeats there are.
 
-    >>> drop_duplicate_ids(["a", "b", "a"], ["f:1", "f:2", "f:3"], "drop", "task.train_file")
+    >>> drop_duplicate_ids(["a", "b", "a"], ["f:1", "f:2", "f:3"], "drop", "k", "task.duplicates")
     [0, 1]
     """
     first: dict[str, int] = {}
@@ -153,9 +155,9 @@ def drop_duplicate_ids(
         f"row{'s' if len(repeats) > 1 else ''} repeat an earlier id)"
     )
     if policy == "refuse":
-        raise UserError(
-            f"{what}; make the ids unique, or set task.duplicates=drop to keep the first row "
-            "of each id"
+        fix = (
+            f"set {setting}=drop to keep the first row of each id" if setting else "leave them out"
         )
-    log.warning("%s; dropped (%s, task.duplicates=drop)", what, key)
+        raise UserError(f"{what}; make the ids unique, or {fix}")
+    log.warning("%s; dropped (%s, %s=drop)", what, key, setting)
     return keep

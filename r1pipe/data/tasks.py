@@ -75,7 +75,9 @@ def load_jsonl_examples(file: str, cfg: TaskConfig, *, key: str) -> list[Example
             )
         )
         wheres.append(where)
-    keep = drop_duplicate_ids([e.id for e in examples], wheres, cfg.duplicates, key)
+    keep = drop_duplicate_ids(
+        [e.id for e in examples], wheres, cfg.duplicates, key, "task.duplicates"
+    )
     return [examples[i] for i in keep]
 
 

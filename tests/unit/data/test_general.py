@@ -46,6 +46,10 @@ def test_a_path_wins_over_the_shipped_name(tmp_path, monkeypatch):
         ('{"prompt": "p", "response": "r"}\nnot json\n', ":2: not valid JSON"),
         ("[1, 2]\n", ":1: expected a JSON object per line, got a list"),
         ("\n", "the file has no rows"),
+        (
+            '{"prompt": "a", "response": "r", "id": 1}\n{"prompt": "b", "response": "r", "id": 1}\n',
+            ":2: id '1' repeats",
+        ),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path, text, needle):
