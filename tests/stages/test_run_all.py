@@ -179,3 +179,56 @@ def test_rl_all_on_two_ranks_counts_prompts_over_both(full_run, tmp_path):
         (2, 2),
     ]
     assert manifest(run_dir)["stages"]["rl-all"]["status"] == "completed"
+
+
+def _hashes(run_dir) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def test_failed_rerun_of_a_completed_stage_loses_nothing(full_run, tmp_path):
+    """The rerun fails after it started (a bad data row): the completed stage comes back
+    byte for byte, and so do the stages after it."""
+    src, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    before, entries = _hashes(run_dir), manifest(run_dir)["stages"]
+    bad = tmp_path / "train.jsonl"
+    rows = (ROOT / "tests" / "assets" / "gsm8k_sample.jsonl").read_text().splitlines()
+    bad.write_text("\n".join([*rows[:3], json.dumps({"question": "What is 2+2?"}), *rows[3:]]))
+    res = cli(
+        "stage",
+        "cold-start",
+        "conf=smoke",
+        f"run.dir={run_dir}",
+        "task=gsm8k",
+        f"task.train_file={bad}",
+        f"task.eval_file={ROOT / 'tests' / 'assets' / 'gsm8k_sample.jsonl'}",
+    )
+    assert res.returncode == 2 and f"{bad}:4" in res.stderr
+    assert "completed cold-start run is restored" in res.stderr
+    assert _hashes(run_dir) == before
+    assert manifest(run_dir)["stages"] == entries
+    assert not list(run_dir.glob(".*replaced"))
+
+
+def test_rerun_of_a_completed_stage_marks_the_later_ones_stale(full_run, tmp_path):
+    src, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    ok(cli("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}", "stage.cold_start.lr=2e-3"))
+    stages = manifest(run_dir)["stages"]
+    assert stages["cold-start"]["status"] == "completed"
+    for later in STAGES[1:]:
+        assert stages[later]["status"] == "stale", later
+        assert stages[later]["stale_because"] == "cold-start is being rerun"
+    assert not list(run_dir.glob(".*replaced"))
+    # run-all retrains the stale stages instead of taking them as they are
+    res = ok(cli("run-all", "conf=smoke", f"run.dir={run_dir}", "stage.cold_start.lr=2e-3"))
+    assert "already completed with this config: skipped" in res.stderr  # cold-start only
+    assert all(e["status"] == "completed" for e in manifest(run_dir)["stages"].values())
