@@ -63,10 +63,16 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _compose(overrides: list[str] | None):
+def _compose(overrides: list[str] | None, stages: list[str] | None = None):
+    """The validated config; with ``stages``, also every file those stages will read and the
+    run directory they write (before any of them runs)."""
     from r1pipe.config import compose
+    from r1pipe.config.inputs import validate_inputs
 
-    return compose(list(overrides or []))
+    cfg, dcfg = compose(list(overrides or []))
+    if stages is not None:
+        validate_inputs(cfg, stages)
+    return cfg, dcfg
 
 
 @app.command(
@@ -85,7 +91,7 @@ def stage(
         _fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     fn = STAGES[name]
     try:
-        cfg, dcfg = _compose(overrides)
+        cfg, dcfg = _compose(overrides, [name])
         if fn is None:
             raise UserError(
                 f"stage '{name}' is not built yet in this version of r1pipe (built: "
@@ -118,8 +124,12 @@ def run_all(
     ),
 ) -> None:
     try:
-        cfg, dcfg = _compose([*(overrides or []), "run.skip_completed=true", "run.chain=true"])
+        from r1pipe.stages.run_all import plan
         from r1pipe.stages.run_all import run_all as run_stages
+
+        cfg, dcfg = _compose(
+            [*(overrides or []), "run.skip_completed=true", "run.chain=true"], plan(start, only)
+        )
 
         _quiet()
         results: dict[str, dict] = {}
@@ -186,7 +196,10 @@ def _eval_overrides(overrides: list[str]) -> list[str]:
 )
 def eval_cmd(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
+        from r1pipe.config.inputs import validate_eval_inputs
+
         cfg, _ = _compose(_eval_overrides(list(overrides or [])))
+        validate_eval_inputs(cfg)
         _quiet()
         from r1pipe.evaluation import run_eval
 
@@ -221,7 +234,7 @@ def report(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HEL
 )
 def distill(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
-        cfg, dcfg = _compose(overrides)
+        cfg, dcfg = _compose(overrides, ["distill"])
         _quiet()
         from r1pipe.stages import distill as distill_stage
 

@@ -153,8 +153,8 @@ def test_data_row_without_field(tmp_path):
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{data}:2: row has no field 'answer'" in res.stderr
-    # a failure is recorded, not lost
-    assert manifest(tmp_path / "r")["stages"]["cold-start"]["status"] == "failed"
+    # refused before the stage starts: the run directory is not touched
+    assert not (tmp_path / "r").exists()
 
 
 def test_vllm_is_refused_before_anything_runs(tmp_path):

@@ -32,3 +32,52 @@ def test_plus_override_of_an_unknown_key_is_refused_before_the_stage(monkeypatch
     assert res.exit_code == 2, res.output
     assert res.output == "error: config error: unknown config key 'stage.max_steps'\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_run_all_refuses_a_later_stage_file_before_cold_start(monkeypatch, tmp_path):
+    """rl-all's reward model path was read only when rl-all started, after three stages."""
+    import r1pipe.stages.run_all as run_all_module
+
+    monkeypatch.setattr(run_all_module, "run_all", _never_called)
+    res = CliRunner().invoke(
+        cli.app,
+        [
+            "run-all",
+            "conf=smoke",
+            f"run.dir={tmp_path}/r",
+            "stage.rl_all.helpfulness.path=/no/such/rm",
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    assert res.output == "error: stage.rl_all.helpfulness.path=/no/such/rm: no such directory\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_places_are_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(STAGES, "cold-start", _never_called)
+    # /sys refuses new files even to root (a chmod'ed directory would not stop root)
+    res = CliRunner().invoke(cli.app, ["stage", "cold-start", "conf=smoke", "run.dir=/sys/r1"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: run.dir=/sys/r1: cannot write in /sys (")
+    assert res.output.count("\n") == 1
+    out = tmp_path / "eval.json"
+    out.write_text("{}")
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"id": "1", "completion": "\\\\boxed{1}", "answer": "1"}\n')
+    res = CliRunner().invoke(cli.app, ["eval", f"predictions={pred}", f"out={out}"])
+    assert res.exit_code == 2, res.output
+    assert res.output == f"error: out={out}: exists and is not a directory\n"
+
+
+def test_a_broken_experiment_file_is_one_line_from_the_real_cli(tmp_path):
+    """Was 345 lines of traceback naming a temporary copy of the file."""
+    from clihelpers import cli as run_cli
+
+    exp = tmp_path / "mine.yaml"
+    exp.write_text("# @package _global_\nstage:\n  cold_start: [\n")
+    res = run_cli("stage", "cold-start", f"conf={exp}", f"run.dir={tmp_path}/r")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == (
+        f"error: conf={exp}: not valid YAML (line 4, column 1: expected the node content, but "
+        "found '<stream end>')\n"
+    )

@@ -4,6 +4,7 @@ naming the key or the file, before any stage runs."""
 import pytest
 
 from r1pipe.config import compose
+from r1pipe.config.inputs import validate_eval_inputs, validate_inputs
 from r1pipe.errors import UserError
 
 
@@ -112,3 +113,110 @@ def test_composition_error_in_experiment_file_names_the_file(tmp_path):
         compose([f"conf={exp}"])
     assert "r1pipe-conf-" not in str(e.value) and "\n" not in str(e.value)
     assert "model/huge" in str(e.value)
+
+
+# ---- every file the config names, checked before any stage runs -----------------------------
+
+PIPELINE = ["cold-start", "rl-reasoning", "rejection-sft", "rl-all"]
+
+
+def _inputs_refused(overrides: list[str], stages=PIPELINE) -> str:
+    cfg, _ = compose(["conf=smoke", *overrides])
+    with pytest.raises(UserError) as e:
+        validate_inputs(cfg, stages)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_the_defaults_pass(tmp_path):
+    cfg, _ = compose(["conf=smoke", f"run.dir={tmp_path}/run"])
+    validate_inputs(cfg, [*PIPELINE, "distill"])
+    assert not (tmp_path / "run").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "stage.rl_all.general_file=/no/prompts.jsonl",
+            "stage.rl_all.general_file=/no/prompts.jsonl: no such file",
+        ),
+        (
+            "stage.rejection_sft.general_file=/no/chat.jsonl",
+            "stage.rejection_sft.general_file=/no/chat.jsonl: no such file",
+        ),
+        (
+            "stage.rl_all.helpfulness.path=/no/rm",
+            "stage.rl_all.helpfulness.path=/no/rm: no such directory",
+        ),
+        (
+            "stage.rl_all.harmlessness.path=./no-rm",
+            "stage.rl_all.harmlessness.path=./no-rm: no such directory",
+        ),
+        ("stage.rl_all.general_eval_size=1000", "none left to train on"),
+        ("model.path=/no/model", "model.path=/no/model: no such directory"),
+    ],
+)
+def test_a_later_stage_file_is_refused_before_the_first_stage(override, message):
+    assert message in _inputs_refused([override])
+
+
+def test_judge_base_model_and_distill_samples(tmp_path):
+    judge = [
+        "stage.rejection_sft.verify=judge",
+        "stage.rejection_sft.judge.backend=hf",
+        f"stage.rejection_sft.judge.path={tmp_path}",  # a directory without config.json
+    ]
+    assert _inputs_refused(judge) == (
+        f"stage.rejection_sft.judge.path={tmp_path}: not a Hugging Face model directory "
+        "(no config.json)"
+    )
+    (tmp_path / "f").write_text("x")
+    base = ["stage.rejection_sft.start=base", f"stage.rejection_sft.base_path={tmp_path / 'f'}"]
+    assert "is a file, not a model directory" in _inputs_refused(base)
+    samples = [f"stage.distill.samples={tmp_path}"]
+    assert _inputs_refused(samples, ["distill"]) == (
+        f"stage.distill.samples={tmp_path}: is a directory, not a file"
+    )
+
+
+def test_each_stage_refuses_only_what_it_reads(tmp_path):
+    cfg, _ = compose(["conf=smoke", "stage.rl_all.helpfulness.path=/no/rm"])
+    validate_inputs(cfg, ["cold-start"])  # rl-all's reward model is not cold-start's business
+    cfg, _ = compose(["conf=smoke", "stage.rl_all.helpfulness.path=hub-org/rm"])
+    validate_inputs(cfg, PIPELINE)  # a hub id is left to the loader
+    cfg, _ = compose(
+        ["conf=smoke", "stage.rl_all.helpfulness.path=/no/rm", "stage.rl_all.helpfulness.weight=0"]
+    )
+    validate_inputs(cfg, PIPELINE)  # weight 0: never loaded
+
+
+def test_task_rows_are_read_before_any_stage(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"question": "q", "answer": ["#### 3"]}\n')
+    cfg, _ = compose(["task=gsm8k", f"task.train_file={f}", f"task.eval_file={f}"])
+    with pytest.raises(UserError, match=r"d.jsonl:1: field 'answer' .* got a list$"):
+        validate_inputs(cfg, ["rl-all"])
+
+
+def test_run_dir_that_cannot_be_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    msg = _inputs_refused([f"run.dir={tmp_path / 'file'}"])
+    assert msg == f"run.dir={tmp_path / 'file'}: exists and is not a directory"
+    msg = _inputs_refused([f"run.dir={tmp_path / 'file' / 'run'}"])
+    assert msg == f"run.dir={tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a directory"
+    # /sys refuses new files even to root (a chmod'ed directory would not stop root)
+    msg = _inputs_refused(["run.dir=/sys/r1pipe-run"])
+    assert msg.startswith("run.dir=/sys/r1pipe-run: cannot write in /sys (")
+
+
+def test_eval_out_that_is_a_file(tmp_path):
+    out = tmp_path / "eval.json"
+    out.write_text("{}")
+    cfg, _ = compose(["conf=smoke", f"bench.out={out}", f"bench.predictions={out}"])
+    with pytest.raises(UserError) as e:
+        validate_eval_inputs(cfg)
+    assert str(e.value) == f"out={out}: exists and is not a directory"
+    cfg, _ = compose(["conf=smoke", f"bench.out={tmp_path}/o", f"bench.predictions={tmp_path}"])
+    with pytest.raises(UserError, match=r"^predictions=.*: is a directory, not a file$"):
+        validate_eval_inputs(cfg)

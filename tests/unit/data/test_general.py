@@ -47,7 +47,8 @@ def test_a_path_wins_over_the_shipped_name(tmp_path, monkeypatch):
         ("[1, 2]\n", ":1: expected a JSON object per line, got a list"),
         ("\n", "the file has no rows"),
         (
-            '{"prompt": "a", "response": "r", "id": 1}\n{"prompt": "b", "response": "r", "id": 1}\n',
+            '{"prompt": "a", "response": "r", "id": 1}\n'
+            '{"prompt": "b", "response": "r", "id": 1}\n',
             ":2: id '1' repeats",
         ),
     ],
