@@ -57,10 +57,15 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 2) -> None:
     if _is_main():
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _fail_with(e: UserError) -> None:
+    """One line for a user error; a stage stopped by a signal exits 128 + its number."""
+    _fail(str(e), getattr(e, "exit_code", 2))
 
 
 def _compose(overrides: list[str] | None, stages: list[str] | None = None):
@@ -100,7 +105,7 @@ def stage(
         _quiet()
         fn(cfg, dcfg)
     except UserError as e:
-        _fail(str(e))
+        _fail_with(e)
 
 
 @app.command(
@@ -141,7 +146,7 @@ def run_all(
             if results and _is_main():
                 _print_table(results)
     except UserError as e:
-        _fail(str(e))
+        _fail_with(e)
 
 
 def _print_table(results: dict[str, dict]) -> None:
@@ -248,6 +253,9 @@ def main() -> None:
     # its user's alone: model-written code runs on this machine, and without namespaces it
     # could otherwise read them (the task's solutions among them).
     os.umask(0o077)
+    from r1pipe.stages import stop
+
+    stop.install()  # SIGINT/SIGTERM: checkpoint, record `interrupted`, exit with one line
     app(args=sys.argv[1:], prog_name="r1pipe")
 
 

@@ -43,11 +43,13 @@ from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.models import load_model, load_tokenizer
+from r1pipe.stages import stop
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     finish_stage,
     heldout_eval,
+    interrupted,
     maybe_fault,
     resume_engine,
     set_seed,
@@ -234,10 +236,17 @@ def run_sft(
                 }
                 log.log(last)
                 window_tokens, window_t0 = 0.0, time.perf_counter()
-            if sft.save_every and done % sft.save_every == 0 and done < total_steps:
+            saved = sft.save_every and done % sft.save_every == 0 and done < total_steps
+            if saved:
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
                 settle_replaced(ctx, failed=False)
             maybe_fault(done)
+            signum = stop.requested(dist.device) if done < total_steps else None
+            if signum:
+                if not saved:
+                    engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
+                    settle_replaced(ctx, failed=False)
+                raise interrupted(ctx, signum, done, total_steps)
     engine.export_hf(ctx.final_dir, tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
     return {

@@ -37,6 +37,7 @@ from r1pipe.run_dir import (
     config_hash,
     save_stage_config,
 )
+from r1pipe.stages.stop import StageInterrupted, signal_name
 from r1pipe.training.dist import (
     DistInfo,
     all_gather_objects,
@@ -303,12 +304,26 @@ def stage_guard(ctx: StageContext) -> Iterator[None]:
     completed run it replaced comes back if this one has no checkpoint yet."""
     try:
         yield
+    except StageInterrupted as e:
+        if ctx.dist.is_main:
+            ctx.run_dir.update_stage(ctx.name, status="interrupted", error=str(e))
+        raise
     except BaseException as e:
         if ctx.dist.is_main:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             ctx.run_dir.fail_stage(ctx.name, f"{type(e).__name__}: {msg}")
             settle_replaced(ctx, failed=True)
         raise
+
+
+def interrupted(ctx: StageContext, signum: int, done: int, total: int) -> StageInterrupted:
+    """The error a training loop raises after it saved step ``done`` on a signal."""
+    checkpoint = ctx.run_dir.rel(ctx.checkpoints_dir / f"step-{done}")
+    return StageInterrupted(
+        f"{ctx.name} interrupted by {signal_name(signum)} after step {done}/{total}; saved "
+        f"{checkpoint}; run the same command to resume from it",
+        signum,
+    )
 
 
 def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from r1pipe.rl.grpo import (
     soft_overlong_penalty,
     zero_variance_groups,
 )
+from r1pipe.stages import stop
 from r1pipe.stages.cold_start import sample_order
 from r1pipe.stages.common import (
     StageContext,
@@ -65,6 +66,7 @@ from r1pipe.stages.common import (
     evaluate_sharded,
     finish_stage,
     heldout_eval,
+    interrupted,
     maybe_fault,
     resume_engine,
     set_seed,
@@ -582,6 +584,15 @@ def run_grpo(
         f"{trainer.grad_accum} micro-batches/rank, mu={rl.mu}, kl_coef={rl.kl_coef}, "
         f"loss {rl.loss_aggregation}, ZeRO-{ctx.cfg.deepspeed.zero_stage}"
     )
+
+    def save(done: int) -> None:
+        if trainer.ref is not None and rl.ref_update_every and done > rl.ref_update_every:
+            # a refreshed reference is not the start model; saved before the engine's save,
+            # which marks the checkpoint COMPLETE last
+            trainer.save_reference(ctx.checkpoints_dir / f"step-{done}")
+        engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
+        settle_replaced(ctx, failed=False)
+
     last: dict[str, Any] = {}
     progress = ctx.progress()
     with progress:
@@ -633,14 +644,15 @@ def run_grpo(
             if done % rl.log_every == 0 or done == rl.max_steps:
                 log.log(record)
                 last = record
-            if rl.save_every and done % rl.save_every == 0 and done < rl.max_steps:
-                if trainer.ref is not None and rl.ref_update_every and done > rl.ref_update_every:
-                    # a refreshed reference is not the start model; saved before the engine's
-                    # save, which marks the checkpoint COMPLETE last
-                    trainer.save_reference(ctx.checkpoints_dir / f"step-{done}")
-                engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
-                settle_replaced(ctx, failed=False)
+            saved = rl.save_every and done % rl.save_every == 0 and done < rl.max_steps
+            if saved:
+                save(done)
             maybe_fault(done)
+            signum = stop.requested(dist.device) if done < rl.max_steps else None
+            if signum:
+                if not saved:
+                    save(done)
+                raise interrupted(ctx, signum, done, rl.max_steps)
     engine.export_hf(ctx.final_dir, trainer.tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
     keep = ("reward", "accuracy", "format_rate", "response_length_mean", "kl", "entropy")

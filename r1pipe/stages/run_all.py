@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from r1pipe.config.schema import R1Config
 from r1pipe.errors import UserError
 from r1pipe.run_dir import PARENT_STAGE, STAGE_ORDER, RunDir, chained_parent, config_hash
-from r1pipe.stages import STAGES
+from r1pipe.stages import STAGES, stop
+from r1pipe.training.dist import init_distributed
 
 # The parts of the config a stage's hash covers (run_dir.config_hash), for naming changes.
 HASHED = ("model", "task", "eval")
@@ -170,9 +171,19 @@ def run_all(
     manifest = RunDir(cfg.run.dir).read_manifest()["stages"]
     for stage in STAGE_ORDER[: STAGE_ORDER.index(todo[0])]:  # used as they are
         results[stage] = dict(manifest[stage].get("metrics", {}))
-    for stage in todo:
+    for i, stage in enumerate(todo):
         fn = STAGES[stage]
         if fn is None:
             raise UserError(f"run-all: stage '{stage}' is not built yet in this version of r1pipe")
         results[stage] = fn(cfg, dcfg)
+        if i + 1 < len(todo):
+            # A signal during the stage's last step, export or evaluation: it completed, and
+            # the next one does not start.
+            signum = stop.requested(init_distributed().device)
+            if signum:
+                raise stop.StageInterrupted(
+                    f"run-all interrupted by {stop.signal_name(signum)} after {stage} "
+                    f"completed; run the same command to continue with {todo[i + 1]}",
+                    signum,
+                )
     return results
