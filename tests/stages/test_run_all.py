@@ -192,25 +192,21 @@ def _hashes(run_dir) -> dict[str, str]:
 
 
 def test_failed_rerun_of_a_completed_stage_loses_nothing(full_run, tmp_path):
-    """The rerun fails after it started (a bad data row): the completed stage comes back
-    byte for byte, and so do the stages after it."""
+    """The rerun fails after it started (training diverges before any checkpoint): the
+    completed stage comes back byte for byte, and so do the stages after it."""
     src, _ = full_run
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
     before, entries = _hashes(run_dir), manifest(run_dir)["stages"]
-    bad = tmp_path / "train.jsonl"
-    rows = (ROOT / "tests" / "assets" / "gsm8k_sample.jsonl").read_text().splitlines()
-    bad.write_text("\n".join([*rows[:3], json.dumps({"question": "What is 2+2?"}), *rows[3:]]))
     res = cli(
         "stage",
         "cold-start",
         "conf=smoke",
         f"run.dir={run_dir}",
-        "task=gsm8k",
-        f"task.train_file={bad}",
-        f"task.eval_file={ROOT / 'tests' / 'assets' / 'gsm8k_sample.jsonl'}",
+        "stage.cold_start.lr=1e30",
+        "stage.cold_start.save_every=0",
     )
-    assert res.returncode == 2 and f"{bad}:4" in res.stderr
+    assert res.returncode == 2 and "non-finite" in res.stderr
     assert "completed cold-start run is restored" in res.stderr
     assert _hashes(run_dir) == before
     assert manifest(run_dir)["stages"] == entries
