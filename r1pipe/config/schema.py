@@ -211,6 +211,16 @@ class TaskConfig:
     instruction: str = ""
     """Appended to every question (e.g. the R1 "put your final answer within \\boxed{}")."""
     system_prompt: str | None = None
+    max_prompt_tokens: int = 0
+    """Longest prompt, in the policy's tokens, template and instruction included; 0: what the
+    model's context leaves after the stage's response (``max_new_tokens`` when sampling). A
+    longer prompt would be truncated to nothing useful or overflow the context; they are
+    counted before any training (``r1pipe.data.lengths.check_prompt_lengths``)."""
+    overlong_prompts: str = "skip"
+    """A prompt over that limit: ``skip`` (left out; the count is logged before training) or
+    ``refuse`` (stop, naming the first). ``skip`` by default, what verl's recipes set with
+    ``filter_overlong_prompts``: whether a prompt fits depends on the model, not on the file,
+    so a file that suits a long-context model still runs on a small one."""
     code: CodeConfig = field(default_factory=CodeConfig)
     """Sandbox and scoring of ``verifier=code``."""
 
@@ -224,6 +234,8 @@ class TaskConfig:
         _one_of(self.template, "task.template", ("chat", "r1_zero"))
         _one_of(self.reference, "task.reference", ("field", "gsm8k", "boxed"))
         _one_of(self.duplicates, "task.duplicates", ("refuse", "drop"))
+        _check(self.max_prompt_tokens >= 0, "task.max_prompt_tokens", "must be >= 0")
+        _one_of(self.overlong_prompts, "task.overlong_prompts", ("skip", "refuse"))
         _check(self.eval_size > 0, "task.eval_size", "must be > 0")
         _check(self.tolerance >= 0, "task.tolerance", "must be >= 0")  # also rejects NaN
         if self.kind == "addition":
