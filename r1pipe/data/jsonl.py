@@ -152,7 +152,7 @@ def drop_duplicate_ids(
     r = repeats[0]
     what = (
         f"{wheres[r]}: id {ids[r]!r} repeats {wheres[first[ids[r]]]} ({len(repeats)} "
-        f"row{'s' if len(repeats) > 1 else ''} repeat an earlier id)"
+        f"{'rows repeat' if len(repeats) > 1 else 'row repeats'} an earlier id)"
     )
     if policy == "refuse":
         fix = (
