@@ -15,12 +15,16 @@ corrupted or truncated later is found and the previous complete checkpoint is us
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +245,7 @@ class TrainEngine:
             inner = inner.optimizer
         step = inner.step
 
+        @functools.wraps(step)  # keeps the LR scheduler's mark on the step it wrapped
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
             grads = [
                 p.grad
@@ -338,11 +343,21 @@ class TrainEngine:
     def save_checkpoint(
         self, root: Path, step: int, client_state: dict[str, Any], keep_last: int
     ) -> Path:
-        """Save resumable state to ``root/step-N`` on every rank; mark it complete."""
+        """Save resumable state to ``root/step-N`` on every rank; mark it complete.
+
+        Raises:
+            DiskFull: The file system ran out of space (the partial step is removed)."""
         tag = f"step-{step}"
-        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
         path = root / tag
-        torch.save(_rng_state(), path / f"rng_rank{self.dist.rank}.pt")
+
+        def estimate() -> int:
+            # the last checkpoint's size, or fp32 weights and Adam's two moments
+            n = sum(getattr(p, "ds_numel", p.numel()) for p in self.hf_model.parameters())
+            return _newest_size(root) or 12 * n
+
+        with disk_guard(path, f"checkpoint {tag}", estimate=estimate):
+            self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+            torch.save(_rng_state(), path / f"rng_rank{self.dist.rank}.pt")
         barrier()
         files = checkpoint_files(path, self.dist)
         if self.dist.is_main:
@@ -398,10 +413,84 @@ class TrainEngine:
             )
         if self.dist.is_main:
             assert state is not None
-            out_dir.mkdir(parents=True, exist_ok=True)
-            module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(out_dir)
+            size = sum(v.numel() * v.element_size() for v in state.values())
+            with disk_guard(out_dir, "the final model", estimate=lambda: size):
+                out_dir.mkdir(parents=True, exist_ok=True)
+                module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+                tokenizer.save_pretrained(out_dir)
         barrier()
+
+
+class DiskFull(UserError):
+    """A write ran out of space; the message names the directory and the space needed."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "file write failed" in text:
+            return True  # torch.save reports ENOSPC as a RuntimeError of its writer
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _newest_size(root: Path) -> int | None:
+    done = complete_checkpoints(root)
+    if not done:
+        return None
+    return sum(p.stat().st_size for p in done[-1].rglob("*") if p.is_file())
+
+
+@contextmanager
+def disk_guard(path: Path, what: str, estimate: Callable[[], int | None]) -> Iterator[None]:
+    """Turn running out of disk while writing ``what`` to ``path`` into one :class:`DiskFull`
+    line (free space, about what is needed); a partial ``path`` is removed, since nothing
+    marks it complete and it only holds space."""
+    failure = None
+    try:
+        yield
+    except Exception as e:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        needed = estimate()
+        # torch's writer often reports ENOSPC as "iostream error" or "unexpected pos": a write
+        # that failed with (almost) no space left counts as a full disk too.
+        if not (_is_disk_full(e) or free < max(needed or 0, 1 << 20)):
+            raise
+        failure = (probe, free, needed)
+    if failure is None:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    _truncate_open_files(path)
+    probe, free, needed = failure
+    hint = f"; it needs about {needed / 2**20:.1f} MiB" if needed else ""
+    raise DiskFull(
+        f"no space left on the device of {probe} while writing {what} "
+        f"({free / 2**20:.1f} MiB free{hint}); free some space or set run.dir elsewhere, "
+        "then run the same command to resume"
+    )
+
+
+def _truncate_open_files(path: Path) -> None:
+    """Empty the files under ``path`` that this process still holds open. The failed write's
+    frames (kept alive by the exception being handled) hold them; a removed file's space comes
+    back only when it is closed, or emptied: without this the manifest could not be written."""
+    prefix = str(path)
+    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            try:
+                os.truncate(f"/proc/self/fd/{fd}", 0)
+            except OSError:
+                pass
 
 
 def _sha256(path: Path) -> str:

@@ -109,6 +109,36 @@ def test_diverging_training_fails_the_stage_without_exporting(tmp_path):
     assert not (run_dir / "cold-start" / "checkpoint").exists()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KiB file system: room for the smoke base model (140 KiB), not for it and a
+    checkpoint (376 KiB)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_full_disk_is_one_line_and_the_manifest_says_so(small_disk):
+    run_dir = small_disk / "run"
+    res = cli("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"no space left on the device of {run_dir}" in res.stderr
+    assert "while writing checkpoint step-2" in res.stderr and "MiB free" in res.stderr
+    assert "Traceback" not in res.stderr
+    entry = manifest(run_dir)["stages"]["cold-start"]
+    assert entry["status"] == "failed" and "DiskFull" in entry["error"]
+    assert not (run_dir / "cold-start" / "checkpoints" / "step-2").exists()  # space given back
+
+
 def test_changed_config_starts_fresh(tmp_path):
     run_dir = tmp_path / "fresh"
     base = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
