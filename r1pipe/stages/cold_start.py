@@ -48,6 +48,7 @@ from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     finish_stage,
+    fit_prompts,
     heldout_eval,
     interrupted,
     maybe_fault,
@@ -55,6 +56,7 @@ from r1pipe.stages.common import (
     set_seed,
     settle_replaced,
     stage_guard,
+    train_source,
 )
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
@@ -133,19 +135,26 @@ def run_sft(
     cfg, dist = ctx.cfg, ctx.dist
     set_seed(cfg.run.seed)
     tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
+
+    def prompt(e: Example) -> str:
+        return (
+            prompt_fn(e, tokenizer) if prompt_fn else build_prompt(e.question, cfg.task, tokenizer)
+        )
+
+    # A prompt that fills max_seq_len leaves no response token to learn from.
+    examples = fit_prompts(
+        ctx,
+        examples,
+        prompt,
+        tokenizer,
+        reserve=1,
+        where=train_source(cfg),
+        context_cap=sft.max_seq_len,
+    )
     data: list[TokenizedSFT] = []
     for e in examples:
         assert e.response is not None
-        data.append(
-            tokenize_sft(
-                prompt_fn(e, tokenizer)
-                if prompt_fn
-                else build_prompt(e.question, cfg.task, tokenizer),
-                e.response,
-                tokenizer,
-                sft.max_seq_len,
-            )
-        )
+        data.append(tokenize_sft(prompt(e), e.response, tokenizer, sft.max_seq_len))
     n_truncated = sum(d.truncated for d in data)
     world = dist.world_size
     if sft.global_batch_size % (sft.micro_batch_size * world):

@@ -326,16 +326,67 @@ def interrupted(ctx: StageContext, signum: int, done: int, total: int) -> StageI
     )
 
 
+def fit_prompts(
+    ctx: StageContext,
+    rows: list[Any],
+    prompt_text: Callable[[Any], str],
+    tokenizer: Any,
+    *,
+    reserve: int,
+    where: str,
+    context_cap: int | None = None,
+) -> list[Any]:
+    """The rows whose prompt fits the start model's context less ``reserve`` tokens (and
+    ``task.max_prompt_tokens``); the others are skipped with one line, or refused, per
+    ``task.overlong_prompts`` (:func:`r1pipe.data.lengths.check_prompt_lengths`).
+    ``context_cap``: a shorter context the stage uses (e.g. SFT's ``max_seq_len``)."""
+    from transformers import AutoConfig
+
+    from r1pipe.data.lengths import check_prompt_lengths, model_context, prompt_token_budget
+
+    config = AutoConfig.from_pretrained(
+        ctx.start_model, trust_remote_code=ctx.cfg.model.trust_remote_code
+    )
+    context = model_context(config, tokenizer)
+    if context_cap is not None:
+        context = min(context or context_cap, context_cap)
+    limit = prompt_token_budget(context, reserve, ctx.cfg.task.max_prompt_tokens)
+    kept, _ = check_prompt_lengths(
+        rows,
+        prompt_text,
+        tokenizer,
+        limit,
+        policy=ctx.cfg.task.overlong_prompts,
+        where=where,
+        log=ctx.log,
+    )
+    return kept
+
+
+def train_source(cfg: R1Config) -> str:
+    """How messages name the task's train prompts."""
+    return f"task.train_file={cfg.task.train_file}" if cfg.task.train_file else "task train"
+
+
 def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -> dict[str, Any]:
     """Evaluate the exported checkpoint on the held-out prompts; write ``STAGE/eval.json``.
 
     Every rank loads the plain HF checkpoint and evaluates its share of the prompts, so this
     works the same after ZeRO-3 and needs no gathered training weights.
     """
+    from r1pipe.data.templates import build_prompt
     from r1pipe.models import load_model, load_tokenizer, resolve_dtype
 
     cfg = ctx.cfg
     tokenizer = load_tokenizer(checkpoint)
+    held_out = fit_prompts(
+        ctx,
+        held_out,
+        lambda e: build_prompt(e.question, cfg.task, tokenizer),
+        tokenizer,
+        reserve=cfg.eval.max_new_tokens,
+        where=f"task.eval_file={cfg.task.eval_file}" if cfg.task.eval_file else "held-out",
+    )
     model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
     model.to(ctx.dist.device)
     summary, records = evaluate_sharded(ctx, model, tokenizer, held_out)

@@ -66,8 +66,10 @@ from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     finish_stage,
+    fit_prompts,
     heldout_eval,
     stage_guard,
+    train_source,
 )
 from r1pipe.stages.rl_reasoning import Scores, rule_rewards, run_grpo
 from r1pipe.training.dist import barrier, broadcast_object
@@ -86,6 +88,25 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         rl = cfg.stage.rl_all
         reasoning, held_out = load_task(cfg.task)
         general, general_held_out = split_general(rl, cfg.run.seed)
+        from r1pipe.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
+        general_ids = {e.id for e in general}
+
+        def text(e: Example) -> str:
+            return prompt_text(e, tokenizer, cfg, general_ids)
+
+        reasoning = fit_prompts(
+            ctx, reasoning, text, tokenizer, reserve=rl.max_new_tokens, where=train_source(cfg)
+        )
+        general = fit_prompts(
+            ctx,
+            general,
+            text,
+            tokenizer,
+            reserve=rl.max_new_tokens,
+            where=f"stage.{KEY}.general_file={rl.general_file}",
+        )
         scorers = load_reward_models(ctx, rl)
         mix = PromptMix(reasoning, general, rl, ctx.dist.world_size, cfg.run.seed)
         rewards = MixedRewards(cfg, rl, ctx.dist.world_size, {e.id for e in general}, scorers)

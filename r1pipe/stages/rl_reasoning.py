@@ -65,6 +65,7 @@ from r1pipe.stages.common import (
     begin_stage,
     evaluate_sharded,
     finish_stage,
+    fit_prompts,
     heldout_eval,
     interrupted,
     maybe_fault,
@@ -72,6 +73,7 @@ from r1pipe.stages.common import (
     set_seed,
     settle_replaced,
     stage_guard,
+    train_source,
 )
 from r1pipe.training.dist import all_reduce_sum
 from r1pipe.training.engine import TrainEngine
@@ -572,6 +574,15 @@ def run_grpo(
     dist = ctx.dist
     trainer = GRPOTrainer(ctx, rl, reward_fn, prompt_batch=prompt_batch, prompt_text=prompt_text)
     engine = trainer.engine
+    if prompt_batch is None:  # a mix (rl-all) fits its sources itself
+        train = fit_prompts(
+            ctx,
+            train,
+            trainer.prompt_text,
+            trainer.tokenizer,
+            reserve=rl.max_new_tokens,
+            where=train_source(ctx.cfg),
+        )
 
     def restore_reference(path: Path) -> None:
         if trainer.ref is not None and trainer.load_reference(path):

@@ -139,6 +139,35 @@ def test_full_disk_is_one_line_and_the_manifest_says_so(small_disk):
     assert not (run_dir / "cold-start" / "checkpoints" / "step-2").exists()  # space given back
 
 
+def test_overlong_prompts_are_counted_and_skipped_or_refused(tmp_path):
+    """A 1 MB prompt among normal ones: skipped with one line before training (it was
+    truncated into a zero loss, or allocated for its full length), or refused."""
+    rows = [
+        {"question": f"What is {i}+1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(20)
+    ]
+    rows[1]["question"] = "How many? " * 100_000
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = (
+        "stage",
+        "cold-start",
+        "conf=smoke",
+        "task=gsm8k",
+        f"task.train_file={data}",
+        f"task.eval_file={data}",
+        "task.eval_size=4",
+        "stage.cold_start.max_steps=2",
+    )
+    res = ok(cli(*args, f"run.dir={tmp_path / 'skip'}"))
+    assert f"task.train_file={data}: 1 of {len(rows)} prompts are over the" in res.stderr
+    assert "skipped (task.overlong_prompts=skip)" in res.stderr
+    assert f"task.eval_file={data}: 1 of 4 prompts are over the" in res.stderr
+    assert "train_examples=19" in res.stderr
+    refused = cli(*args, f"run.dir={tmp_path / 'refuse'}", "task.overlong_prompts=refuse")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "set task.overlong_prompts=skip to leave them out" in refused.stderr
+
+
 def test_changed_config_starts_fresh(tmp_path):
     run_dir = tmp_path / "fresh"
     base = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
