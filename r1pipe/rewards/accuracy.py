@@ -18,6 +18,7 @@ raise, because silently scoring every sample 0 would look like a policy that lea
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -35,6 +36,7 @@ __all__ = [
     "VERIFIERS",
     "accuracy_reward",
     "answer_matches",
+    "final_answer",
     "is_correct",
     "math_equal",
     "parse_number",
@@ -46,7 +48,9 @@ VERIFIERS = ("exact", "numeric", "math", "code")
 # math_verify bounds each parse/compare with signal.alarm, which only works in the main thread
 # (elsewhere it raises ValueError, which would be swallowed into a silent 0.0). We keep that
 # protection against pathological sympy inputs where it is available and drop it in worker
-# threads; callers that need a hard bound there should score in a process pool.
+# threads. It is no hard bound either way: an alarm cannot interrupt C code such as a huge
+# integer power, so the RL reward step verifies in killable processes
+# (:mod:`r1pipe.rewards.math_workers`, which pass ``signal_timeout=False``).
 _MAIN_THREAD_TIMEOUT_S = 5
 
 # Boxed answers get priority so that, in a wrapped answer, the box content is what is parsed;
@@ -65,8 +69,8 @@ _NUMBER_RE = re.compile(
 )
 
 
-def _timeout_s() -> int | None:
-    if threading.current_thread() is threading.main_thread():
+def _timeout_s(signal_timeout: bool) -> int | None:
+    if signal_timeout and threading.current_thread() is threading.main_thread():
         return _MAIN_THREAD_TIMEOUT_S
     return None
 
@@ -75,7 +79,31 @@ def _is_sympy(value: Any) -> bool:
     return isinstance(value, Basic | MatrixBase)
 
 
-def _parse_math(text: str) -> list[Any]:
+# Parsing is most of math_equal's time (~60% on MATH-500 answers), and RL scoring parses the
+# same strings again and again: a reference once per distinct answer to its problem, a common
+# answer once per problem it answers. Short texts only, so the cache stays small (the texts are
+# its keys).
+_PARSE_CACHE_SIZE = 4096
+_PARSE_CACHE_MAX_CHARS = 512
+
+
+def _parse_math(text: str, timeout: int | None) -> list[Any]:
+    if len(text) > _PARSE_CACHE_MAX_CHARS:
+        return _parse_math_uncached(text, timeout)
+    # A copy of each mutable matrix, so that no caller can change the cached result; sympy
+    # expressions and strings are immutable.
+    return [
+        item.copy() if isinstance(item, MatrixBase) and not isinstance(item, Basic) else item
+        for item in _parse_math_cached(text, timeout)
+    ]
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _parse_math_cached(text: str, timeout: int | None) -> tuple[Any, ...]:
+    return tuple(_parse_math_uncached(text, timeout))
+
+
+def _parse_math_uncached(text: str, timeout: int | None) -> list[Any]:
     """Parse one answer string with math_verify, trying the delimiters that make it parse.
 
     math_verify only extracts LaTeX from a delimited context (``$...$``, ``\\boxed{}``,
@@ -93,7 +121,6 @@ def _parse_math(text: str) -> list[Any]:
         candidates = [text, "\\boxed{" + text + "}"]
     else:
         candidates = ["\\boxed{" + text + "}", "$" + text + "$", text]
-    timeout = _timeout_s()
     fallback: list[Any] = []
     for candidate in candidates:
         parsed = parse(candidate, extraction_config=_EXTRACTION_CONFIG, parsing_timeout=timeout)
@@ -106,7 +133,7 @@ def _parse_math(text: str) -> list[Any]:
     return fallback
 
 
-def math_equal(prediction: str, reference: str) -> bool:
+def math_equal(prediction: str, reference: str, *, signal_timeout: bool = True) -> bool:
     r"""Whether two answer strings are mathematically equivalent according to math_verify.
 
     Both strings are parsed the same way (wrapped in ``\boxed{}``/``$...$`` as needed), and the
@@ -116,6 +143,9 @@ def math_equal(prediction: str, reference: str) -> bool:
     Args:
         prediction: The model's answer, e.g. ``"0.5"`` or ``"\frac12"``.
         reference: The reference answer, e.g. ``"\frac{1}{2}"``.
+        signal_timeout: Bound parsing and comparing by math_verify's 5 s ``signal.alarm`` when
+            called in the main thread (a timeout gives False). False where the caller enforces
+            its own deadline, as the reward worker processes do by being killed.
 
     Returns:
         True if equivalent; False if not, if either side cannot be parsed, or on any error or
@@ -129,12 +159,13 @@ def math_equal(prediction: str, reference: str) -> bool:
         >>> math_equal("3", "4")
         False
     """
+    timeout = _timeout_s(signal_timeout)
     try:
-        gold = _parse_math(reference)
-        pred = _parse_math(prediction)
+        gold = _parse_math(reference, timeout)
+        pred = _parse_math(prediction, timeout)
         if not gold or not pred:
             return False
-        return bool(verify(gold, pred, timeout_seconds=_timeout_s()))
+        return bool(verify(gold, pred, timeout_seconds=timeout))
     except (Exception, TimeoutException):
         # TimeoutException derives from BaseException, so it must be named explicitly.
         return False
@@ -250,13 +281,25 @@ def accuracy_reward(
         # cannot start, is a setup problem that must be seen (compute_rewards counts it).
         return code_accuracy(completion, reference, answer_format)
     try:
-        _, summary = split_think(completion)
-        prediction = extract_answer(summary, answer_format)
+        prediction = final_answer(completion, answer_format)
         if prediction is None:
             return 0.0
         return 1.0 if answer_matches(prediction, reference, verifier, tolerance) else 0.0
     except (Exception, TimeoutException):
         return 0.0
+
+
+def final_answer(completion: str, answer_format: str) -> str | None:
+    r"""The answer that :func:`accuracy_reward` checks: the one in ``answer_format`` in the
+    summary after ``</think>`` (in the whole completion when the think block is not
+    well-formed), or None. String work only, the same the format reward does; no sympy.
+
+    Example:
+        >>> final_answer(r"<think>\boxed{1}?</think> So \boxed{2}.", "boxed")
+        '2'
+    """
+    _, summary = split_think(completion)
+    return extract_answer(summary, answer_format)
 
 
 def is_correct(accuracy: float) -> bool:
@@ -276,10 +319,16 @@ def is_correct(accuracy: float) -> bool:
 
 
 def answer_matches(
-    prediction: str, reference: Any, verifier: str = "exact", tolerance: float = 1e-6
+    prediction: str,
+    reference: Any,
+    verifier: str = "exact",
+    tolerance: float = 1e-6,
+    *,
+    signal_timeout: bool = True,
 ) -> bool:
     """Whether an extracted answer matches a reference under ``verifier`` (see
     :func:`accuracy_reward`, which extracts the answer first). Never raises on its inputs.
+    ``signal_timeout`` is passed to :func:`math_equal`.
 
     Example:
         >>> answer_matches("$1,000", "1000", "numeric"), answer_matches("0.5", "1/2", "math")
@@ -301,6 +350,6 @@ def answer_matches(
             )
         if verifier == "code":
             return code_passes(prediction, ref)
-        return math_equal(prediction, ref)
+        return math_equal(prediction, ref, signal_timeout=signal_timeout)
     except (Exception, TimeoutException):
         return False

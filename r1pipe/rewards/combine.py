@@ -8,14 +8,23 @@ finishes simplifying) must not take down or stall a training step.
 
 How the protection is applied, and why not uniformly:
 
-* ``"math"`` accuracy (math_verify/sympy) and user ``extra`` functions can take unbounded
-  time, so each sample runs as its own task on a shared thread pool and is abandoned after
-  ``timeout_s`` of wall-clock time (measured from when the task starts running, so queueing
-  does not count). A thread cannot be killed: an abandoned task keeps running in the
-  background and its result is discarded. Its pool thread is busy meanwhile, so the pool is
-  replaced by a fresh one once abandoned tasks occupy all of its workers. The interpreter waits
-  for running pool threads at exit, so a task that never finishes delays exit; a hard bound
-  needs a process pool.
+* ``"math"`` accuracy can take unbounded time in sympy, in C code that no thread timeout or
+  signal can interrupt (``\boxed{10^{10^{10}}}``, thousands of nested braces). The answers
+  are extracted here (string work, like the format reward), and each distinct
+  (answer, reference) pair is verified in a worker process of
+  :mod:`r1pipe.rewards.math_workers`, which is killed and replaced when the pair runs past
+  ``timeout_s``; the pair's samples score 0 and each counts as a failure. No pair holds a
+  worker longer than ``timeout_s``, so the math phase of a step takes at most about
+  ``ceil(distinct pairs / workers) * timeout_s`` plus the start-up of replacement workers
+  (reached only if every pair hangs), and nothing keeps running afterwards. A GRPO group often
+  repeats one answer, so verifying each pair once also saves work.
+* User ``extra`` functions (closures, clients of remote judges) need not be picklable, so they
+  run as tasks on a shared thread pool, each abandoned after ``timeout_s`` of wall-clock time
+  (measured from when the task starts running, so queueing does not count). A thread cannot be
+  killed: an abandoned task keeps running in the background and its result is discarded. Its
+  pool thread is busy meanwhile, so the pool is replaced by a fresh one once abandoned tasks
+  occupy all of its workers. The interpreter waits for running pool threads at exit, so an
+  extra that never finishes delays exit: an extra must end on its own (e.g. a request timeout).
 * ``"code"`` accuracy runs each sample's program in sandboxed processes that the sandbox
   itself kills at its time limit (:mod:`r1pipe.rewards.sandbox`), so every call ends on its
   own; threads, one sample each, only overlap the waiting on those processes. A program that
@@ -40,10 +49,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, is_correct
+from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, final_answer, is_correct
 from r1pipe.rewards.format import format_reward
 from r1pipe.rewards.language import LANGUAGE_SCRIPTS, language_consistency_reward
 from r1pipe.rewards.length import cosine_length_reward, kimi_length_rewards
+from r1pipe.rewards.math_workers import verify_math
 from r1pipe.rewards.parsing import ANSWER_FORMATS
 
 __all__ = ["BUILTIN_REWARDS", "RewardResult", "compute_rewards"]
@@ -52,7 +62,7 @@ __all__ = ["BUILTIN_REWARDS", "RewardResult", "compute_rewards"]
 BUILTIN_REWARDS = ("accuracy", "format", "language", "kimi_length", "cosine_length")
 
 # Enough for I/O-bound extra rewards (e.g. a remote judge) to overlap, few enough that a burst
-# of abandoned tasks does not leave dozens of threads behind.
+# of abandoned tasks does not leave dozens of threads behind. Also caps the code reward threads.
 _MAX_WORKERS = 8
 
 
@@ -223,6 +233,34 @@ def _run_protected(
     return values, failures
 
 
+def _math_accuracy(
+    completions: Sequence[str], references: Sequence[Any], answer_format: str, timeout_s: float
+) -> tuple[list[float], int]:
+    """``"math"`` accuracy per sample: each distinct (answer, reference) pair verified once in a
+    killable worker process; a pair over ``timeout_s`` (or whose worker died) scores 0 on each
+    of its samples, which all count as failures."""
+    values = [0.0] * len(completions)
+    samples: dict[tuple[str, Any], list[int]] = {}  # pair -> the samples that gave it
+    for i, (completion, reference) in enumerate(zip(completions, references, strict=True)):
+        try:
+            prediction = final_answer(completion, answer_format)
+        except Exception:
+            prediction = None  # as accuracy_reward: bad data scores 0 without counting
+        # Other references score 0, as in accuracy_reward (a bool would also equal 1 here).
+        ok_reference = isinstance(reference, str | int | float) and not isinstance(reference, bool)
+        if prediction is not None and ok_reference:
+            samples.setdefault((prediction, reference), []).append(i)
+    verdicts = verify_math(list(samples), timeout_s)
+    failures = 0
+    for indexes, verdict in zip(samples.values(), verdicts, strict=True):
+        if verdict is None:
+            failures += len(indexes)
+        elif verdict:
+            for i in indexes:
+                values[i] = 1.0
+    return values, failures
+
+
 def _check_config(
     n: int,
     references: list[str],
@@ -329,8 +367,9 @@ def compute_rewards(
         tolerance: Relative tolerance of the numeric verifier.
         target_language: Language code of the language reward.
         max_len: End of the cosine length schedule; required (> 0) for ``"cosine_length"``.
-        timeout_s: Wall-clock budget per sample of the ``"math"`` verifier and of each extra
-            reward; a sample over budget scores 0 and counts as a failure.
+        timeout_s: Wall-clock budget of each ``"math"`` verification (per distinct answer and
+            reference; its worker process is killed at the deadline) and of each extra reward
+            sample; a sample over budget scores 0 and counts as a failure.
         extra: Additional per-sample rewards ``fn(completion, reference) -> float`` by name,
             weighted by ``weights[name]``. They may raise or hang; their values must be finite.
 
@@ -386,10 +425,8 @@ def compute_rewards(
             tolerance=tolerance,
         )
         if task_verifier == "math":
-            # sympy work holds the GIL, so running math samples side by side adds no throughput
-            # and only makes each sample's wall-clock budget depend on its neighbours.
-            values["accuracy"], failures["accuracy"] = _run_protected(
-                accuracy, pairs, timeout_s, max_in_flight=1
+            values["accuracy"], failures["accuracy"] = _math_accuracy(
+                completions, references, answer_format, timeout_s
             )
         elif task_verifier == "code":
             # One sandboxed program per CPU: more would only stretch each one's wall clock.

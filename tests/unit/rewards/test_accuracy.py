@@ -319,10 +319,12 @@ def test_timeouts_kept_in_main_thread_and_dropped_in_workers(monkeypatch):
 
     monkeypatch.setattr(accuracy_mod, "parse", parse_spy)
     monkeypatch.setattr(accuracy_mod, "verify", verify_spy)
+    accuracy_mod._parse_math_cached.cache_clear()  # parse again, so that the spy sees it
     assert math_equal("0.5", r"\frac{1}{2}") is True
     assert {name for name, _ in seen} == {"parse", "verify"}
     assert all(isinstance(t, int) and t > 0 for _, t in seen), seen
     seen.clear()
+    accuracy_mod._parse_math_cached.cache_clear()
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(math_equal, "0.5", r"\frac{1}{2}").result() is True
     assert seen and all(t is None for _, t in seen), seen

@@ -138,7 +138,7 @@ def test_length_rewards_count_a_partly_passing_program_as_wrong():
     )
 
 
-def test_math_verifier_runs_correctly_in_worker_threads():
+def test_math_verifier_runs_correctly_in_worker_processes():
     completions = [
         r"<think>r</think> \boxed{\frac{1}{2}}",
         r"<think>r</think> \boxed{0.5}",
@@ -255,33 +255,43 @@ def test_one_slow_sample_does_not_zero_the_others():
     assert result.failures == {"judge": 1}
 
 
-def test_math_accuracy_timeout_is_counted(monkeypatch):
-    release = threading.Event()
+def test_math_accuracy_timeout_is_counted_per_sample(monkeypatch):
+    # verify_math gives None for a pair whose worker was killed at the deadline (or crashed):
+    # every sample with that answer scores 0 and counts as a failure.
+    def verify_math(pairs, timeout_s):
+        assert timeout_s == 0.2
+        return [None if prediction == "5" else True for prediction, _ in pairs]
 
-    def hanging_accuracy(completion, reference, **kwargs):
-        if "5" in completion:
-            release.wait(5.0)
-        return 1.0
+    monkeypatch.setattr(combine_mod, "verify_math", verify_math)
+    result = _run(
+        [GOOD, WRONG, GOOD, WRONG],
+        {"accuracy": 1.0, "cosine_length": 1.0},
+        lengths=[0, 0, 0, 0],
+        max_len=100,
+        task_verifier="math",
+        timeout_s=0.2,
+    )
+    assert result.per_reward["accuracy"] == [1.0, 0.0, 1.0, 0.0]
+    assert result.failures["accuracy"] == 2
+    # The timed-out samples count as wrong for the length reward.
+    assert result.per_reward["cosine_length"] == pytest.approx([1.0, -0.5, 1.0, -0.5])
 
-    monkeypatch.setattr(combine_mod, "accuracy_reward", hanging_accuracy)
-    try:
-        start = time.perf_counter()
-        result = _run(
-            [GOOD, WRONG, GOOD],
-            {"accuracy": 1.0, "cosine_length": 1.0},
-            lengths=[0, 0, 0],
-            max_len=100,
-            task_verifier="math",
-            timeout_s=0.2,
-        )
-        elapsed = time.perf_counter() - start
-    finally:
-        release.set()
-    assert elapsed < 1.5
-    assert result.per_reward["accuracy"] == [1.0, 0.0, 1.0]
-    assert result.failures["accuracy"] == 1
-    # The timed-out sample counts as wrong for the length reward.
-    assert result.per_reward["cosine_length"] == pytest.approx([1.0, -0.5, 1.0])
+
+def test_math_accuracy_verifies_each_distinct_answer_once(monkeypatch):
+    seen = []
+
+    def verify_math(pairs, timeout_s):
+        seen.extend(pairs)
+        return [prediction == reference for prediction, reference in pairs]
+
+    monkeypatch.setattr(combine_mod, "verify_math", verify_math)
+    completions = [GOOD, GOOD, WRONG, UNFORMATTED, GOOD, "<think>x</think> no answer"]
+    result = _run(completions, {"accuracy": 1.0}, references=["4", "4", "4", "4", "5", "4"],
+                  task_verifier="math")  # fmt: skip
+    # No answer, no verification; the same answer to the same reference, one verification.
+    assert seen == [("4", "4"), ("5", "4"), ("4", "5")]
+    assert result.per_reward["accuracy"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert result.failures == {"accuracy": 0}
 
 
 def test_more_hung_samples_than_workers_still_returns():
