@@ -129,10 +129,21 @@ def extract_boxed(text: str) -> str | None:
 
 
 def _extract_answer_tag(text: str) -> str | None:
-    matches = _ANSWER_TAG_RE.findall(text)
-    if not matches:
-        return None
-    content = matches[-1].strip()
+    # What the last match of _ANSWER_TAG_RE.findall would be, in linear time: the lazy pattern
+    # scans to the end once per unclosed <answer> (22 s for 12,000 of them). The last match
+    # ends at the last </answer> that has an <answer> after the </answer> before it, and
+    # starts at the first such <answer>.
+    end = len(text)
+    while True:
+        close = text.rfind(ANSWER_CLOSE, 0, end)
+        if close < 0:
+            return None
+        previous = text.rfind(ANSWER_CLOSE, 0, close)
+        start = text.find(ANSWER_OPEN, previous + len(ANSWER_CLOSE) if previous >= 0 else 0, close)
+        if start >= 0:
+            break
+        end = close
+    content = text[start + len(ANSWER_OPEN) : close].strip()
     # An empty tag carries nothing to check; treating it as absent keeps callers from comparing
     # "" against a reference.
     return content or None
