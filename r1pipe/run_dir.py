@@ -118,6 +118,7 @@ class RunDir:
             start_time=_now(),
             end_time=None,
             error=None,
+            metrics=None,  # not those of an earlier run of the stage
         )
         if resumed_from:
             # Keep the original start time: the stage is one logical run.

@@ -54,7 +54,6 @@ from r1pipe.stages.common import (
     maybe_fault,
     resume_engine,
     set_seed,
-    settle_replaced,
     stage_guard,
     train_source,
 )
@@ -248,13 +247,11 @@ def run_sft(
             saved = sft.save_every and done % sft.save_every == 0 and done < total_steps
             if saved:
                 engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
-                settle_replaced(ctx, failed=False)
             maybe_fault(done)
             signum = stop.requested(dist.device) if done < total_steps else None
             if signum:
                 if not saved:
                     engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, sft.keep_last)
-                    settle_replaced(ctx, failed=False)
                 raise interrupted(ctx, signum, done, total_steps)
     engine.export_hf(ctx.final_dir, tokenizer)
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")

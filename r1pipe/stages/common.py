@@ -45,7 +45,7 @@ from r1pipe.training.dist import (
     broadcast_object,
     init_distributed,
 )
-from r1pipe.training.engine import complete_checkpoints, resume_candidates
+from r1pipe.training.engine import resume_candidates
 from r1pipe.training.metrics import MetricsLogger
 
 # soft_wrap: a long line stays one line in a log file or a pipe (no breaks at 80 columns)
@@ -77,9 +77,8 @@ class StageContext:
     """Verified complete checkpoints, newest first (``resume_from`` is the first): the
     fallbacks when one cannot be loaded."""
     replaced: dict[str, Any] | None = None
-    """A completed run of this stage moved aside for this one (``aside``, ``entry``, ``stale``:
-    the later stages marked stale with their entries), restored if this run fails before its
-    first checkpoint, deleted once this run has one."""
+    """A completed run of this stage moved aside for this one (``aside``: its directory, which
+    also holds its manifest entries): restored if this run fails, deleted when it completes."""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -190,6 +189,8 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
             candidates = resume_candidates(stage_dir / "checkpoints", _log_main(name))
         if candidates:
             resume_from = candidates[0]
+            if (run_dir.path / f".{name}.replaced").is_dir():  # a rerun killed earlier
+                replaced = {"aside": run_dir.path / f".{name}.replaced"}
         elif entry and entry.get("status") == "completed" and stage_dir.exists():
             # Rerun of a completed stage: its outputs are moved aside, not deleted, until this
             # run has a checkpoint of its own (restored if it fails before).
@@ -226,8 +227,9 @@ def _log_main(name: str) -> Callable[[str], None]:
 
 
 def _replace_completed(run_dir: RunDir, name: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Move a completed stage's directory aside and mark the completed stages after it stale
-    (their input is about to change). Rank 0."""
+    """Move a completed stage's directory aside (with its manifest entry, and those of the
+    completed stages after it, which are marked stale: their input is about to change).
+    Rank 0."""
     aside = run_dir.path / f".{name}.replaced"
     shutil.rmtree(aside, ignore_errors=True)
     run_dir.stage_dir(name).rename(aside)
@@ -237,27 +239,41 @@ def _replace_completed(run_dir: RunDir, name: str, entry: dict[str, Any]) -> dic
         if later_entry and later_entry.get("status") == "completed":
             stale[later] = dict(later_entry)
             run_dir.update_stage(later, status="stale", stale_because=f"{name} is being rerun")
-    return {"aside": aside, "entry": dict(entry), "stale": stale}
+    atomic_write_text(aside / REPLACED_ENTRIES, json.dumps({"entry": entry, "stale": stale}))
+    return {"aside": aside}
+
+
+#: In a moved-aside stage directory: its manifest entry and those of the stages made stale.
+REPLACED_ENTRIES = ".replaced-entries.json"
 
 
 def settle_replaced(ctx: StageContext, *, failed: bool) -> None:
-    """After this run saved a checkpoint or completed (``failed=False``): delete the replaced
-    run. After a failure: restore it when this run has no checkpoint yet. Rank 0."""
+    """A completed run of this stage that this run replaces: deleted when this run completes
+    (``failed=False``); after a failure, restored with its manifest entries, and this run's
+    files kept beside it in ``.STAGE.failed`` (a signal is not a failure: the interrupted run
+    stays resumable and the old one stays aside). Rank 0."""
     if not ctx.dist.is_main or ctx.replaced is None:
         return
-    replaced, ctx.replaced = ctx.replaced, None
-    if not failed or complete_checkpoints(ctx.checkpoints_dir):
-        shutil.rmtree(replaced["aside"], ignore_errors=True)
+    aside = ctx.replaced["aside"]
+    ctx.replaced = None
+    if not failed:
+        shutil.rmtree(aside, ignore_errors=True)
         return
-    shutil.rmtree(ctx.stage_dir, ignore_errors=True)
-    replaced["aside"].rename(ctx.stage_dir)
+    entries = json.loads((aside / REPLACED_ENTRIES).read_text())
+    (aside / REPLACED_ENTRIES).unlink()
+    kept = ctx.run_dir.path / f".{ctx.name}.failed"
+    shutil.rmtree(kept, ignore_errors=True)
+    if ctx.stage_dir.exists():
+        ctx.stage_dir.rename(kept)
+    aside.rename(ctx.stage_dir)
     run = ctx.run_dir
     data = run.read_manifest()
-    data["stages"][ctx.name] = replaced["entry"]
-    data["stages"].update(replaced["stale"])
+    data["stages"][ctx.name] = entries["entry"]
+    data["stages"].update(entries["stale"])
     atomic_write_text(run.manifest_path, json.dumps(data, indent=2) + "\n")
     ctx.log(
-        f"this run failed before its first checkpoint: the completed {ctx.name} run is restored"
+        f"this run failed: the completed {ctx.name} run is restored (this run's files are in "
+        f"{run.rel(kept)})"
     )
 
 

@@ -71,7 +71,6 @@ from r1pipe.stages.common import (
     maybe_fault,
     resume_engine,
     set_seed,
-    settle_replaced,
     stage_guard,
     train_source,
 )
@@ -602,7 +601,6 @@ def run_grpo(
             # which marks the checkpoint COMPLETE last
             trainer.save_reference(ctx.checkpoints_dir / f"step-{done}")
         engine.save_checkpoint(ctx.checkpoints_dir, done, {"step": done}, rl.keep_last)
-        settle_replaced(ctx, failed=False)
 
     last: dict[str, Any] = {}
     progress = ctx.progress()

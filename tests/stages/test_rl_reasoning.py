@@ -47,17 +47,26 @@ def test_rl_after_cold_start(rl_run):
     assert "pass@1" in ev and "format_rate" in ev
 
 
-def test_r1_zero_mode_from_base_model(smoke_run, tmp_path):
+def test_r1_zero_mode_from_base_model(tmp_path):
+    from r1pipe.config import compose
+    from r1pipe.models import save_tiny_base
+
+    # R1-Zero's prompt is ~370 tokens of the char tokenizer, more than the smoke model's
+    # 256-token context (prompts are checked against it now): a base model with 1024.
+    base = tmp_path / "ctx1024" / "base-model"
+    cfg, _ = compose(["conf=smoke", "model.max_position_embeddings=1024"])
+    save_tiny_base(cfg.model, base, seed=0)
     res = ok(
         cli(
             "stage",
             "rl-reasoning",
             "conf=smoke",
-            f"run.dir={tmp_path}",
-            f"model.path={smoke_run / 'base-model'}",
+            f"run.dir={tmp_path / 'run'}",
+            f"model.path={base}",
             "task.template=r1_zero",
         )
     )
+    tmp_path = tmp_path / "run"
     entry = manifest(tmp_path)["stages"]["rl-reasoning"]
     assert entry["status"] == "completed" and entry["parent"].endswith("base-model")
     assert (

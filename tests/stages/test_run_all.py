@@ -192,8 +192,9 @@ def _hashes(run_dir) -> dict[str, str]:
 
 
 def test_failed_rerun_of_a_completed_stage_loses_nothing(full_run, tmp_path):
-    """The rerun fails after it started (training diverges before any checkpoint): the
-    completed stage comes back byte for byte, and so do the stages after it."""
+    """The rerun fails after it started (training diverges, after saving a checkpoint of
+    its own): the completed stage comes back byte for byte, and so do the entries of the
+    stages after it; the failed run's files are kept aside."""
     src, _ = full_run
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
@@ -204,10 +205,13 @@ def test_failed_rerun_of_a_completed_stage_loses_nothing(full_run, tmp_path):
         "conf=smoke",
         f"run.dir={run_dir}",
         "stage.cold_start.lr=1e30",
-        "stage.cold_start.save_every=0",
+        "stage.cold_start.save_every=1",
     )
     assert res.returncode == 2 and "non-finite" in res.stderr
-    assert "completed cold-start run is restored" in res.stderr
+    assert "the completed cold-start run is restored" in res.stderr
+    failed = run_dir / ".cold-start.failed"
+    assert list((failed / "checkpoints").glob("step-*/COMPLETE"))  # it had checkpoints
+    shutil.rmtree(failed)
     assert _hashes(run_dir) == before
     assert manifest(run_dir)["stages"] == entries
     assert not list(run_dir.glob(".*replaced"))

@@ -25,8 +25,11 @@ def test_signal_saves_the_current_step_and_the_rerun_resumes_there(
     smoke_run, tmp_path, stage, sig, steps
 ):
     run_dir = tmp_path / "run"
-    if stage != "cold-start":  # its input: a completed cold-start
-        shutil.copytree(smoke_run, run_dir)
+    if stage != "cold-start":  # its input: a completed cold-start, and none of this stage
+        shutil.copytree(smoke_run, run_dir, ignore=shutil.ignore_patterns(stage))
+        data = json.loads((run_dir / "manifest.json").read_text())
+        data["stages"].pop(stage, None)
+        (run_dir / "manifest.json").write_text(json.dumps(data))
     args = ["stage", stage, "conf=smoke", f"run.dir={run_dir}", steps]
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1pipe", *args],
