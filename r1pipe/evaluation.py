@@ -466,6 +466,21 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         # small model that never stops run for hours.
         log(f"[bold cyan]\\[eval][/] max_new_tokens {ev.max_new_tokens} -> {context} (context)")
         ev = dataclasses.replace(ev, max_new_tokens=context)
+    from r1pipe.data.lengths import check_prompt_lengths, model_context, prompt_token_budget
+
+    # A prompt longer than the context is refused or skipped before any generation (a 1 MB
+    # prompt would otherwise be tokenized and allocated in full); the response gets what is
+    # left, as max_new_tokens above.
+    limit = prompt_token_budget(model_context(model.config, tokenizer), 1, task.max_prompt_tokens)
+    examples, _ = check_prompt_lengths(
+        examples,
+        lambda e: build_prompt(e.question, task, tokenizer),
+        tokenizer,
+        limit,
+        policy=task.overlong_prompts,
+        where=source,
+        log=lambda msg: log(f"[bold cyan]\\[eval][/] {msg}"),
+    )
     generator = build_generator(model, tokenizer, cfg.generation, batch_size=ev.batch_size)
     log(
         f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "

@@ -1,10 +1,12 @@
 """SIGKILL ``r1pipe run-all`` at random moments, rerun, and check that nothing was lost.
 
 How to run
-    ``python scripts/chaos_kill.py [--kills 20] [--seed 0] [--run-dir DIR] [-- OVERRIDES]``
-    (default overrides: ``conf=smoke``). Each round starts ``run-all`` (which resumes), waits a
-    random 0.5-12 s, and SIGKILLs its process group, as an OOM killer or a lost node would;
-    the last round runs to the end.
+    ``python scripts/chaos_kill.py [--kills 20] [--seed 0] [--max-delay 12] [--work-dir DIR]
+    [-- OVERRIDES]`` (default overrides: ``conf=smoke``). Each round starts ``run-all`` (which
+    resumes), waits a random 0.5 s to --max-delay, and SIGKILLs its process group, as an OOM
+    killer or a lost node would. A run-all that ends before its kill must have completed all
+    four stages; the next round then starts a new run directory, so that kills keep landing in
+    training. After the last kill the run in progress is run to the end.
 
 What it checks after every round, and reports
     * a stage recorded ``completed`` stays completed with the same config hash, start time and
@@ -73,18 +75,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--max-delay", type=float, default=12.0)
+    parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", default=["conf=smoke"])
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="r1pipe-chaos-")) / "run"
-    cmd = [sys.executable, "-m", "r1pipe", "run-all", *args.overrides, f"run.dir={run_dir}"]
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="r1pipe-chaos-"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     kept: dict[str, tuple] = {}
-    retrained, lost, kills = [], [], 0
+    problems: list[str] = []
+    kills = cycles = 0
+    cycle_kills = 0
+    run_dir = work / "run-1"
     t_start = time.monotonic()
-    for round_ in range(args.kills + 1):
-        last = round_ == args.kills
+
+    def check(after: str) -> None:
+        now = completed_state(run_dir)
+        for stage, state in kept.items():
+            if stage not in now:
+                problems.append(f"{after}: {stage} no longer completed (lost)")
+            elif now[stage] != state:
+                problems.append(f"{after}: {stage} retrained or changed")
+        kept.update(now)
+        dup = duplicated_steps(run_dir)
+        if dup:
+            problems.append(f"{after}: duplicated metric steps {dup}")
+
+    while True:
+        cmd = [sys.executable, "-m", "r1pipe", "run-all", *args.overrides, f"run.dir={run_dir}"]
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -93,42 +111,41 @@ def main() -> None:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        if last:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                sys.exit(f"final run failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-        else:
-            delay = rng.uniform(0.5, 12.0)
-            try:
-                proc.wait(timeout=delay)
-                print(f"round {round_ + 1}: run-all finished before the kill at {delay:.1f} s")
-            except subprocess.TimeoutExpired:
-                where = running_stage(run_dir)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                print(f"kill {kills:2d} at {delay:4.1f} s: {where}")
-        now = completed_state(run_dir)
-        for stage, state in kept.items():
-            if stage not in now:
-                lost.append(f"round {round_ + 1}: {stage} no longer completed")
-            elif now[stage] != state:
-                retrained.append(f"round {round_ + 1}: {stage} changed {state} -> {now[stage]}")
-        kept.update(now)
-        dup = duplicated_steps(run_dir)
-        if dup:
-            sys.exit(f"duplicated metric steps after round {round_ + 1}: {dup}")
-    stages = manifest(run_dir)
-    statuses = {s: e["status"] for s, e in stages.items()}
-    ok = all(v == "completed" for v in statuses.values()) and len(statuses) == 4
+        delay = rng.uniform(0.5, args.max_delay) if kills < args.kills else None
+        try:
+            _, err = proc.communicate(timeout=delay)
+        except subprocess.TimeoutExpired:
+            where = running_stage(run_dir)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            cycle_kills += 1
+            print(f"kill {kills:2d} at {delay:4.1f} s in {run_dir.name}: {where}", flush=True)
+            check(f"kill {kills}")
+            continue
+        # run-all ended by itself: the run must be complete and intact
+        if proc.returncode != 0:
+            problems.append(f"{run_dir.name}: run-all exited {proc.returncode}: {err[-300:]!r}")
+        statuses = {s: e["status"] for s, e in manifest(run_dir).items()}
+        done = len(statuses) == 4 and all(v == "completed" for v in statuses.values())
+        if not done:
+            problems.append(f"{run_dir.name}: finished with statuses {statuses}")
+        check(f"{run_dir.name} end")
+        cycles += 1
+        print(f"{run_dir.name}: complete after {cycle_kills} kills; statuses ok: {done}")
+        if kills >= args.kills:
+            break
+        cycle_kills = 0
+        kept = {}
+        run_dir = work / f"run-{cycles + 1}"
     print(
-        f"\n{kills} kills in {time.monotonic() - t_start:.0f} s; final statuses {statuses}; "
-        f"recovered: {'yes' if ok else 'NO'}; retrained completed stages: {len(retrained)}; "
-        f"lost: {len(lost)}; run dir {run_dir}"
+        f"\n{kills} kills over {cycles} run directories in {time.monotonic() - t_start:.0f} s; "
+        f"recovered: {kills - sum('lost' in p for p in problems)}/{kills}; "
+        f"problems: {len(problems)}; work dir {work}"
     )
-    for line in retrained + lost:
+    for line in problems:
         print("  " + line)
-    sys.exit(0 if ok and not retrained and not lost else 1)
+    sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":

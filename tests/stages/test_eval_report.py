@@ -118,3 +118,27 @@ def test_eval_under_torchrun_two_ranks(run, data_dir, tmp_path):
     assert summary["world_size"] == 2 and summary["num_problems"] == 6
     ids = [json.loads(x)["id"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert sorted(set(ids)) == sorted(str(i) for i in range(6)) and len(ids) == 24
+
+
+def test_eval_skips_a_prompt_longer_than_the_context(smoke_run, tmp_path):
+    """A 1 MB problem is counted and left out before any generation (it was tokenized and
+    allocated in full: 1.1 TB asked for); with task.overlong_prompts of the benchmark at its
+    default, skip."""
+    data = tmp_path / "data"
+    (data / "gsm8k").mkdir(parents=True)
+    rows = [json.loads(line) for line in (ASSETS / "gsm8k_sample.jsonl").read_text().splitlines()]
+    rows[0]["question"] = "How many? " * 100_000
+    (data / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    res = ok(
+        cli(
+            "eval",
+            f"run.dir={smoke_run}",
+            "benchmark=gsm8k",
+            f"data_dir={data}",
+            f"out={tmp_path / 'out'}",
+            "eval.max_new_tokens=8",
+        )
+    )
+    assert "1 of 3 prompts are over the" in res.stderr and "skipped" in res.stderr
+    summary = json.loads(next((tmp_path / "out").rglob("eval.json")).read_text())
+    assert summary["num_problems"] == 2
