@@ -174,6 +174,43 @@ class RunDir:
         return self.resolve(entry["checkpoint"])
 
 
+def refresh_config_hashes(run_dir: RunDir) -> list[str]:
+    """Re-hash the completed stages from their own ``STAGE/config.yaml`` under the current
+    schema, and record the new hashes; return the stages whose hash changed. Rank 0.
+
+    A newer r1pipe hashes keys an older one did not have (with their defaults), so without
+    this every run directory of an older version looks "completed with another config". The
+    saved file is exactly what the stage ran with, so the hash recomputed from it is what this
+    version would have recorded: a config that really changed still differs. A saved file
+    this schema cannot read (a key removed since) is left as it was. Every rank may call it:
+    they compute the same content, and a write is atomic."""
+    from r1pipe.config.compose import from_yaml
+
+    data = run_dir.read_manifest()
+    stages = data["stages"]
+    changed = []
+    for stage in STAGE_ORDER:  # in order: a stage's hash covers its parent's
+        entry = stages.get(stage)
+        saved = run_dir.stage_dir(stage) / "config.yaml"
+        if not entry or entry.get("status") != "completed" or not saved.is_file():
+            continue
+        try:
+            _, cfg = from_yaml(saved)
+        except UserError:
+            continue
+        parent = str(entry.get("parent"))
+        prev = stages.get(PARENT_STAGE.get(stage, ""))
+        if prev and prev.get("checkpoint") == parent:
+            parent = chained_parent(parent, prev.get("config_hash"))
+        new = config_hash(cfg, stage.replace("-", "_"), parent)
+        if new != entry.get("config_hash"):
+            entry["config_hash"] = new
+            changed.append(stage)
+    if changed:
+        atomic_write_text(run_dir.manifest_path, json.dumps(data, indent=2) + "\n")
+    return changed
+
+
 def chained_parent(parent: str, parent_hash: str | None) -> str:
     """The parent as a stage's config hash records it: its path and, if known, its hash."""
     return f"{parent}@{parent_hash}" if parent_hash else parent

@@ -35,6 +35,7 @@ from r1pipe.run_dir import (
     RunDir,
     atomic_write_text,
     config_hash,
+    refresh_config_hashes,
     save_stage_config,
 )
 from r1pipe.stages.stop import StageInterrupted, signal_name
@@ -148,6 +149,12 @@ def begin_stage(name: str, key: str, cfg: R1Config, dcfg: DictConfig) -> StageCo
     if dist.is_main:
         run_dir.path.mkdir(parents=True, exist_ok=True)
     barrier()
+    changed = refresh_config_hashes(run_dir)
+    if changed and dist.is_main:
+        console.print(
+            f"[bold cyan]\\[{name}][/] config hashes of {', '.join(changed)} recomputed "
+            "from their config.yaml (recorded by an older r1pipe)"
+        )
     start_model = resolve_start_model(name, cfg, run_dir, dist)
     parent = str(start_model) if not isinstance(start_model, Path) else run_dir.rel(start_model)
     chash = config_hash(dcfg, key, run_dir.parent_identity(name, parent))

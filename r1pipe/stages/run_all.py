@@ -23,9 +23,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from r1pipe.config.compose import from_yaml
 from r1pipe.config.schema import R1Config
 from r1pipe.errors import UserError
-from r1pipe.run_dir import PARENT_STAGE, STAGE_ORDER, RunDir, chained_parent, config_hash
+from r1pipe.run_dir import (
+    PARENT_STAGE,
+    STAGE_ORDER,
+    RunDir,
+    chained_parent,
+    config_hash,
+    refresh_config_hashes,
+)
 from r1pipe.stages import STAGES, stop
 from r1pipe.training.dist import init_distributed
 
@@ -96,7 +104,10 @@ def changed_keys(run_dir: RunDir, stage: str, dcfg: DictConfig) -> list[str]:
     saved_path = run_dir.stage_dir(stage) / "config.yaml"
     if not saved_path.is_file():
         return []
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    try:  # through the schema: keys added since it ran show with their defaults, not "(none)"
+        saved = OmegaConf.to_container(from_yaml(saved_path)[1], resolve=True)
+    except UserError:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
     now = OmegaConf.to_container(dcfg, resolve=True)
     assert isinstance(saved, dict) and isinstance(now, dict)
     key = stage_key(stage)
@@ -167,6 +178,7 @@ def run_all(
     """
     results = {} if results is None else results
     todo = plan(start, only)
+    refresh_config_hashes(RunDir(cfg.run.dir))  # a run directory of an older r1pipe
     check_unchanged(cfg, dcfg, todo, allow_changed)
     manifest = RunDir(cfg.run.dir).read_manifest()["stages"]
     for stage in STAGE_ORDER[: STAGE_ORDER.index(todo[0])]:  # used as they are

@@ -232,3 +232,49 @@ def test_rerun_of_a_completed_stage_marks_the_later_ones_stale(full_run, tmp_pat
     res = ok(cli("run-all", "conf=smoke", f"run.dir={run_dir}", "stage.cold_start.lr=2e-3"))
     assert "already completed with this config: skipped" in res.stderr  # cold-start only
     assert all(e["status"] == "completed" for e in manifest(run_dir)["stages"].values())
+
+
+def test_run_of_an_older_version_is_taken_as_it_is(full_run, tmp_path):
+    """An older r1pipe recorded hashes without the keys added since (here task.duplicates):
+    run-all re-hashes the completed stages from their config.yaml instead of calling them
+    changed; a real change is still refused."""
+    from omegaconf import OmegaConf
+
+    from r1pipe.run_dir import chained_parent, config_hash
+
+    src, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    data = manifest(run_dir)
+    old: dict[str, str] = {}
+    for stage, parent in zip(STAGES, [None, *STAGES[:-1]], strict=True):
+        saved = run_dir / stage / "config.yaml"
+        cfg = OmegaConf.load(saved)
+        del cfg.task["duplicates"]  # not a key of the older version
+        saved.write_text(OmegaConf.to_yaml(cfg))
+        entry = data["stages"][stage]
+        identity = entry["parent"]
+        if parent is not None:
+            identity = chained_parent(identity, old[parent])
+        old[stage] = config_hash(cfg, stage.replace("-", "_"), identity)
+        assert old[stage] != entry["config_hash"]
+        entry["config_hash"] = old[stage]
+    (run_dir / "manifest.json").write_text(json.dumps(data))
+    res = ok(cli("run-all", "conf=smoke", f"run.dir={run_dir}"))
+    for stage in STAGES:
+        assert f"[{stage}] already completed with this config: skipped" in res.stderr
+    rehashed = manifest(run_dir)["stages"]
+    assert all(rehashed[s]["config_hash"] != old[s] for s in STAGES)  # recorded anew
+    changed = cli("run-all", "conf=smoke", f"run.dir={run_dir}", "stage.rl_all.lr=1e-4")
+    assert changed.returncode == 2
+    assert "rl-all is completed" in changed.stderr and "(stage.rl_all.lr: " in changed.stderr
+    assert "duplicates" not in changed.stderr  # the added key is not reported as a change
+
+
+def test_hashes_of_this_version_are_left_as_they_are(full_run):
+    from r1pipe.run_dir import RunDir, refresh_config_hashes
+
+    src, _ = full_run
+    before = manifest(src)
+    assert refresh_config_hashes(RunDir(src)) == []
+    assert manifest(src) == before
