@@ -181,14 +181,15 @@ def test_judge_base_model_and_distill_samples(tmp_path):
 
 
 def test_each_stage_refuses_only_what_it_reads(tmp_path):
-    cfg, _ = compose(["conf=smoke", "stage.rl_all.helpfulness.path=/no/rm"])
-    validate_inputs(cfg, ["cold-start"])  # rl-all's reward model is not cold-start's business
+    missing = ["stage.rl_all.helpfulness.path=/no/rm"]
+    # the stage that reads it refuses; rl-all's reward model is not cold-start's business
+    assert "stage.rl_all.helpfulness.path=/no/rm" in _inputs_refused(missing, ["rl-all"])
+    cfg, _ = compose(["conf=smoke", *missing])
+    assert validate_inputs(cfg, ["cold-start"]) is None  # no UserError
     cfg, _ = compose(["conf=smoke", "stage.rl_all.helpfulness.path=hub-org/rm"])
-    validate_inputs(cfg, PIPELINE)  # a hub id is left to the loader
-    cfg, _ = compose(
-        ["conf=smoke", "stage.rl_all.helpfulness.path=/no/rm", "stage.rl_all.helpfulness.weight=0"]
-    )
-    validate_inputs(cfg, PIPELINE)  # weight 0: never loaded
+    assert validate_inputs(cfg, PIPELINE) is None  # a hub id is left to the loader
+    cfg, _ = compose(["conf=smoke", *missing, "stage.rl_all.helpfulness.weight=0"])
+    assert validate_inputs(cfg, PIPELINE) is None  # weight 0: never loaded
 
 
 def test_task_rows_are_read_before_any_stage(tmp_path):
