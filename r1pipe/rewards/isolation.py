@@ -280,7 +280,9 @@ def _remove_cgroups() -> None:
             os.rmdir(path)
         except OSError:
             pass
-    for parent in _cgroup_parents.cache_info().currsize and (_cgroup_parents() or ()) or ():
+    # the parents only if they were looked up (and so perhaps made) in this process
+    parents = _cgroup_parents() if _cgroup_parents.cache_info().currsize else None
+    for parent in parents or ():
         try:
             os.rmdir(parent)
         except OSError:
@@ -324,7 +326,7 @@ def _uid_cgroups(uid: int, memory_mb: int) -> tuple[str, ...]:
         if not any(os.path.exists(os.path.join(p, memory_file)) for p in dirs):
             raise OSError(f"no {memory_file} (controller not delegated)")
     except OSError as e:
-        _warn_once(
+        warn_once(
             f"cgroups not usable for the code sandbox ({e}); memory of tmpfs files is "
             "bounded only by the tmpfs size, processes only by RLIMIT_NPROC"
         )
@@ -455,7 +457,7 @@ def acquire_slot(
     """A slot for one run: a uid of its own from the pool when ``uid_base`` is given (root
     only), else ``user`` (a fixed user, or None for the trainer's), with its cgroups."""
     if uid_base is None:
-        cgroups = _uid_cgroups(user[0] if user else os.geteuid(), memory_mb) if user else ()
+        cgroups = _uid_cgroups(user[0], memory_mb) if user else ()
         yield Slot(*(user or (None, None)), cgroups=cgroups)
         return
     uid = _UIDS.acquire(uid_base)
@@ -468,7 +470,8 @@ def acquire_slot(
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only (per process)."""
     if message not in _warned:
         _warned.add(message)
         log.warning(message)

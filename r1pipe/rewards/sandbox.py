@@ -50,7 +50,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import pwd
@@ -71,11 +70,13 @@ from r1pipe.rewards.isolation import (
     SANDBOX_WORK,
     IsolationUnavailable,
     Slot,
+    _warned,  # noqa: F401  (re-exported: tests reset it)
     acquire_slot,
     admit,
     bwrap_command,
     cgroup_join_command,
     kill_cgroup,
+    warn_once,
 )
 
 __all__ = ["RUN_AS_AUTO", "SandboxConfig", "SandboxError", "SandboxResult", "run_python"]
@@ -364,7 +365,7 @@ def _use_namespaces(config: SandboxConfig, python: str) -> bool:
     if config.isolation == "namespaces":
         raise IsolationUnavailable(f"isolation=namespaces: cannot make namespaces: {problem}")
     if os.geteuid() == 0:
-        _warn_once(
+        warn_once(
             f"code sandbox without namespaces ({problem}): programs run as a uid of their own "
             "with rlimits and cgroups, but can read world-readable files and use the network; "
             "install bubblewrap (apt-get install bubblewrap) to isolate them"
@@ -378,15 +379,6 @@ def _use_namespaces(config: SandboxConfig, python: str) -> bool:
         "kernel.unprivileged_userns_clone=1), run as root in a container, or set "
         "task.code.isolation=none to accept running them unisolated"
     )
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logging.getLogger(__name__).warning(message)
 
 
 def _command(

@@ -33,7 +33,13 @@ import torch
 
 from r1pipe.config.schema import DeepSpeedConfig
 from r1pipe.errors import UserError
-from r1pipe.training.dist import DistInfo, all_gather_objects, barrier, broadcast_object
+from r1pipe.training.dist import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+)
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -256,8 +262,6 @@ class TrainEngine:
             bad = 0.0
             if grads:
                 bad = float(~torch.stack([torch.isfinite(g).all() for g in grads]).all())
-            from r1pipe.training.dist import all_reduce_sum
-
             if all_reduce_sum(bad, self.dist.device) > 0:
                 self._step_skipped = True
                 return None
@@ -310,8 +314,6 @@ class TrainEngine:
             local_loss += float(loss_sum.detach())
             for k, v in mb_stats.items():
                 stats[k] = stats.get(k, 0.0) + v
-        from r1pipe.training.dist import all_reduce_sum
-
         total = all_reduce_sum(local_loss, self.dist.device)
         grad_norm = own_norm if self._norm_untracked else self.engine.get_global_grad_norm()
         loss = total / max(normalizer, 1e-12)
