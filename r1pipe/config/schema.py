@@ -257,7 +257,57 @@ class TaskConfig:
 
 
 @dataclass
-class SFTConfig:
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule: the one optimizer block of every training stage
+    (SFT and RL), flattened into the stage's keys (``stage.cold_start.lr``). Read by
+    :class:`r1pipe.training.engine.TrainEngine`; the stages only override defaults."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    """The schedule decays to ``lr * min_lr_ratio``."""
+    lr_scheduler: str = "cosine"
+    """``cosine``, ``linear`` or ``constant`` after warmup."""
+    warmup_ratio: float = 0.05
+    """Share of the optimizer steps with a linear warmup."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    """Adam's epsilon. Policy gradients leave most parameters (e.g. output rows of tokens that
+    are never sampled) with tiny gradients that Adam would blow up to full-size steps."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    micro_batch_size: int = 32
+    """Sequences (SFT) or completions (RL) per forward/backward pass on one rank."""
+    log_every: int = 10
+    """A line of ``metrics.jsonl`` every N steps (and at the last)."""
+    save_every: int = 100
+    """Periodic resumable checkpoint every N steps (0: only the final export)."""
+    keep_last: int = 2
+    """Periodic checkpoints kept on disk."""
+
+    def check_optimizer(self, prefix: str) -> None:
+        """The checks of this block; ``prefix`` is where it sits (``stage.cold_start``)."""
+        from r1pipe.training.schedule import LR_SCHEDULERS
+
+        p = prefix + "."
+        _one_of(self.lr_scheduler, p + "lr_scheduler", LR_SCHEDULERS)
+        _check(self.lr > 0, p + "lr", "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, p + "warmup_ratio", "must be in [0, 1)")
+        _check(0 <= self.min_lr_ratio <= 1, p + "min_lr_ratio", "must be in [0, 1]")
+        _check(self.weight_decay >= 0, p + "weight_decay", "must be >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, p + name, "must be in [0, 1)")
+        _check(self.adam_eps > 0, p + "adam_eps", "must be > 0")
+        _check(self.max_grad_norm > 0, p + "max_grad_norm", "must be > 0")
+        _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
+        _check(self.log_every > 0, p + "log_every", "must be > 0")
+        _check(self.save_every >= 0, p + "save_every", "must be >= 0")
+        _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
+
+
+@dataclass
+class SFTConfig(OptimizerConfig):
     """Supervised fine-tuning knobs (cold-start; reused by rejection-sft and distillation)."""
 
     max_steps: int = -1
@@ -267,18 +317,6 @@ class SFTConfig:
     """Use only the first N train examples (0: all). The paper's cold start is a small set."""
     global_batch_size: int = 32
     """Sequences per optimizer step, summed over ranks and micro-batches."""
-    micro_batch_size: int = 32
-    """Sequences per forward pass on one rank (packed into one row when ``packing``)."""
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    lr_scheduler: str = "cosine"
-    """``cosine``, ``linear`` or ``constant`` after warmup."""
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
     packing: bool = True
     """Bin-pack a micro-batch into rows of ``pack_length`` tokens (block-diagonal attention)."""
     pack_length: int = 0
@@ -286,19 +324,13 @@ class SFTConfig:
     sequences share rows, attention cost stays that of the longest sequence)."""
     max_seq_len: int = 512
     """Longer examples are truncated (counted in the metrics)."""
-    log_every: int = 10
-    save_every: int = 100
-    """Periodic resumable checkpoint every N steps (0: only the final export)."""
-    keep_last: int = 2
-    """Periodic checkpoints kept on disk."""
 
     def check(self, prefix: str) -> None:
         """Validate; ``prefix`` is where this block sits (``stage.cold_start``)."""
         p = prefix + "."
-        _one_of(self.lr_scheduler, p + "lr_scheduler", ("cosine", "linear", "constant"))
+        self.check_optimizer(prefix)
         _check(self.max_steps > 0 or self.epochs > 0, p + "max_steps", "or epochs must be > 0")
         _check(self.global_batch_size > 0, p + "global_batch_size", "must be > 0")
-        _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
         _check(
             self.global_batch_size % self.micro_batch_size == 0,
             p + "global_batch_size",
@@ -306,37 +338,27 @@ class SFTConfig:
             f"({self.micro_batch_size})",
         )
         _check(self.max_examples >= 0, p + "max_examples", "must be >= 0")
-        _check(self.lr > 0, p + "lr", "must be > 0")
-        _check(0 <= self.warmup_ratio < 1, p + "warmup_ratio", "must be in [0, 1)")
-        _check(0 <= self.min_lr_ratio <= 1, p + "min_lr_ratio", "must be in [0, 1]")
-        _check(self.log_every > 0, p + "log_every", "must be > 0")
-        _check(self.save_every >= 0, p + "save_every", "must be >= 0")
-        _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
 
 
 @dataclass
-class GRPOConfig:
-    """Reasoning RL with GRPO (rl-reasoning; reused by rl-all)."""
+class GRPOConfig(OptimizerConfig):
+    """Reasoning RL with GRPO (rl-reasoning; reused by rl-all). The optimizer block's
+    defaults for RL: a constant learning rate, beta2 0.99, a log line and a checkpoint more
+    often (an RL step is long)."""
 
+    lr: float = 1e-4
+    min_lr_ratio: float = 1.0
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    adam_beta2: float = 0.99
+    log_every: int = 1
+    save_every: int = 20
     max_steps: int = 100
     """RL steps; each samples a batch and makes ``mu`` optimizer steps on it."""
     prompts_per_step: int = 16
     """Prompts per RL step over all ranks (each rank samples whole groups)."""
     group_size: int = 8
     """Completions per prompt (G)."""
-    micro_batch_size: int = 32
-    """Completions per forward/backward on one rank."""
-    lr: float = 1e-4
-    min_lr_ratio: float = 1.0
-    lr_scheduler: str = "constant"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    adam_eps: float = 1e-8
-    """Adam's epsilon. Policy gradients leave most parameters (e.g. output rows of tokens that
-    are never sampled) with tiny gradients that Adam would blow up to full-size steps."""
-    max_grad_norm: float = 1.0
     # -- sampling
     temperature: float = 1.0
     top_p: float = 1.0
@@ -378,9 +400,6 @@ class GRPOConfig:
     target_language: str = "en"
     reward_timeout_s: float = 5.0
     # -- bookkeeping
-    log_every: int = 1
-    save_every: int = 20
-    keep_last: int = 2
     eval_every: int = 0
     """Held-out evaluation every N steps during RL (0: only at the end)."""
     logprob_chunk_size: int = 2048
@@ -391,13 +410,11 @@ class GRPOConfig:
         from r1pipe.rl.grpo import DYNAMIC_SAMPLING_FILTERS as DS_FILTERS
         from r1pipe.rl.grpo import LOSS_AGGREGATIONS
 
-        _one_of(self.lr_scheduler, p + "lr_scheduler", ("cosine", "linear", "constant"))
+        self.check_optimizer(prefix)
         _one_of(self.loss_aggregation, p + "loss_aggregation", LOSS_AGGREGATIONS)
         _check(self.max_steps > 0, p + "max_steps", "must be > 0")
         _check(self.prompts_per_step > 0, p + "prompts_per_step", "must be > 0")
         _check(self.group_size >= 2, p + "group_size", "must be >= 2 (advantages are relative)")
-        _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
-        _check(self.lr > 0, p + "lr", "must be > 0")
         _check(self.temperature > 0, p + "temperature", "must be > 0 (RL samples)")
         _check(0 < self.top_p <= 1, p + "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens > 0, p + "max_new_tokens", "must be > 0")
@@ -419,12 +436,7 @@ class GRPOConfig:
             p + "overlong_cache_len",
             "must be in (0, max_new_tokens)",
         )
-        _check(
-            self.save_every >= 0 and self.eval_every >= 0,
-            p + "save_every",
-            "and eval_every must be >= 0",
-        )
-        _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
+        _check(self.eval_every >= 0, p + "eval_every", "must be >= 0")
         known = ("accuracy", "format", "language", "kimi_length", "cosine_length")
         for name in self.rewards:
             _check(name in known, p + f"rewards.{name}", f"unknown reward; known: {list(known)}")
