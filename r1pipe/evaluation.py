@@ -14,8 +14,10 @@ A sample is correct when its accuracy reward is 1 (:func:`~r1pipe.rewards.accura
 a program of a code task only when it passes every test, as in Chen et al.; the share of tests
 it passes is kept apart as ``test_pass_rate``.
 
-``run_eval(cfg)`` is the ``r1pipe eval`` command: generate with a checkpoint and score, or
-score a predictions file written by any model; it writes ``eval.json`` and ``samples.jsonl``.
+``evaluate_sharded`` shares the problems out over ranks and gathers the records, for a
+stage's held-out evaluation (``evaluate_held_out``) and ``r1pipe eval`` alike. ``run_eval(cfg)``
+is the ``r1pipe eval`` command: generate with a checkpoint and score, or score a predictions
+file written by any model; it writes ``eval.json`` and ``samples.jsonl``.
 
 Raises :class:`~r1pipe.errors.UserError` for a missing benchmark, checkpoint, or bad row.
 """
@@ -42,6 +44,7 @@ from r1pipe.generation.base import Generator, SamplingParams
 from r1pipe.rewards import accuracy_reward, format_reward
 from r1pipe.rewards.accuracy import answer_matches, is_correct, parse_number
 from r1pipe.rewards.parsing import extract_answer, extract_gsm8k_reference, split_think
+from r1pipe.training.dist import DistInfo, all_gather_objects, broadcast_object
 
 console = Console(stderr=True)
 
@@ -208,6 +211,29 @@ def evaluate(
         (and ``test_pass_rate`` for a code task).
     """
     t0 = time.perf_counter()
+    per_example, t_gen = _sample_and_score(
+        generator, tokenizer, examples, task, cfg, seed, gsm8k_fallback=gsm8k_fallback
+    )
+    records = [r for group in per_example for r in group]
+    summary = summarize(records, cfg.num_samples, verifier=task.verifier, tolerance=task.tolerance)
+    summary["seconds"] = time.perf_counter() - t0
+    summary["generate_seconds"] = t_gen
+    return summary, records
+
+
+def _sample_and_score(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    seed: int,
+    *,
+    gsm8k_fallback: bool,
+) -> tuple[list[list[dict[str, Any]]], float]:
+    """One generate call for ``examples``: each example's scored records (see :func:`evaluate`),
+    and the seconds the call took."""
+    t0 = time.perf_counter()
     prompts = [build_prompt(e.question, task, tokenizer) for e in examples]
     params = SamplingParams(
         n=cfg.num_samples,
@@ -218,25 +244,112 @@ def evaluate(
     )
     groups = generator.generate(prompts, params)
     t_gen = time.perf_counter() - t0
-    records: list[dict[str, Any]] = []
-    for ex, comps in zip(examples, groups, strict=True):
-        for j, c in enumerate(comps):
-            records.append(
-                {
-                    "id": ex.id,
-                    "sample": j,
-                    "question": ex.question,
-                    "reference": ex.reference,
-                    "completion": c.text,
-                    "finish_reason": c.finish_reason,
-                    "num_tokens": len(c.token_ids),
-                    **score_completion(c.text, ex.reference, task, gsm8k_fallback=gsm8k_fallback),
-                }
-            )
-    summary = summarize(records, cfg.num_samples, verifier=task.verifier, tolerance=task.tolerance)
-    summary["seconds"] = time.perf_counter() - t0
-    summary["generate_seconds"] = t_gen
-    return summary, records
+    return [
+        [
+            {
+                "id": ex.id,
+                "sample": j,
+                "question": ex.question,
+                "reference": ex.reference,
+                "completion": c.text,
+                "finish_reason": c.finish_reason,
+                "num_tokens": len(c.token_ids),
+                **score_completion(c.text, ex.reference, task, gsm8k_fallback=gsm8k_fallback),
+            }
+            for j, c in enumerate(comps)
+        ]
+        for ex, comps in zip(examples, groups, strict=True)
+    ], t_gen
+
+
+def evaluate_sharded(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    dist: DistInfo,
+    *,
+    seed: int,
+    length_batched: bool = False,
+    gsm8k_fallback: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Evaluate ``examples`` over all ranks: this rank samples and scores ``examples[rank::world]``.
+
+    Without ``length_batched`` the share is one generate call, made even when it is empty (with
+    ZeRO-3 every rank must take part in every forward pass); with it, the share is split by
+    :func:`length_batches` (``cfg.batch_size`` completions a call). A call gets the seed
+    ``seed + 1000 * rank + done``, ``done`` the problems of this rank before it: rank 0's first
+    (or only) call gets ``seed``. ``progress(done, len(share), records so far)`` follows each
+    call. Every rank must call this (the records are gathered from all of them).
+
+    Returns:
+        On rank 0 every rank's records (:func:`evaluate`) in the order of ``examples``, by
+        example and then sample; ``[]`` on other ranks. And the seconds this rank spent in
+        generate calls.
+    """
+    positions = range(dist.rank, len(examples), dist.world_size)
+    share = [examples[p] for p in positions]
+    if length_batched:
+        lengths = [
+            len(tokenizer(build_prompt(e.question, task, tokenizer))["input_ids"]) for e in share
+        ]
+        batches = _length_batch_indices(lengths, cfg.num_samples, cfg.batch_size)
+    else:
+        batches = [list(range(len(share)))]
+    mine: list[tuple[int, list[dict[str, Any]]]] = []
+    gen_seconds = 0.0
+    done = num_records = 0
+    for batch in batches:
+        per_example, t_gen = _sample_and_score(
+            generator,
+            tokenizer,
+            [share[i] for i in batch],
+            task,
+            cfg,
+            seed + 1000 * dist.rank + done,
+            gsm8k_fallback=gsm8k_fallback,
+        )
+        mine += [(positions[i], group) for i, group in zip(batch, per_example, strict=True)]
+        gen_seconds += t_gen
+        done += len(batch)
+        num_records += sum(len(group) for group in per_example)
+        if progress is not None:
+            progress(done, len(share), num_records)
+    gathered = all_gather_objects(mine)
+    if not dist.is_main:
+        return [], gen_seconds
+    ranked = [(p, r) for part in gathered for p, group in part for r in group]
+    ranked.sort(key=lambda pr: (pr[0], pr[1]["sample"]))
+    return [r for _, r in ranked], gen_seconds
+
+
+def evaluate_held_out(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    dist: DistInfo,
+    *,
+    seed: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A stage's held-out evaluation: :func:`evaluate_sharded` in one call per rank.
+
+    Returns:
+        The summary (:func:`summarize` of all records, plus ``seconds``) on every rank, and
+        the records (in the order of ``examples``) on rank 0, ``[]`` on other ranks.
+    """
+    t0 = time.perf_counter()
+    records, _ = evaluate_sharded(generator, tokenizer, examples, task, cfg, dist, seed=seed)
+    summary: dict[str, Any] = {}
+    if dist.is_main:
+        summary = summarize(
+            records, cfg.num_samples, verifier=task.verifier, tolerance=task.tolerance
+        )
+        summary["seconds"] = time.perf_counter() - t0
+    return broadcast_object(summary), records
 
 
 def summarize(
@@ -419,14 +532,20 @@ def length_batches(
     >>> [[e.id for e in b] for b in length_batches(ex, lens, k=2, batch_size=4)]
     [['1', '2'], ['3'], ['0'], ['4']]
     """
-    ordered = sorted(examples, key=lambda e: prompt_len[e.id])
+    lengths = [prompt_len[e.id] for e in examples]
+    return [[examples[i] for i in batch] for batch in _length_batch_indices(lengths, k, batch_size)]
+
+
+def _length_batch_indices(lengths: list[int], k: int, batch_size: int) -> list[list[int]]:
+    """:func:`length_batches` of problems given by their prompt lengths, as indices."""
+    ordered = sorted(range(len(lengths)), key=lengths.__getitem__)
     budget = batch_size * PROMPT_TOKENS_PER_ROW
-    batches: list[list[Example]] = []
-    for e in ordered:  # ascending: the newest problem is the longest of its call
+    batches: list[list[int]] = []
+    for i in ordered:  # ascending: the newest problem is the longest of its call
         rows = (len(batches[-1]) + 1) * k if batches else 0
-        if not batches or rows > batch_size or rows * prompt_len[e.id] > budget:
+        if not batches or rows > batch_size or rows * lengths[i] > budget:
             batches.append([])
-        batches[-1].append(e)
+        batches[-1].append(i)
     return batches
 
 
@@ -449,7 +568,7 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
 
     from r1pipe.generation.build import build_generator
     from r1pipe.models import load_model, load_tokenizer, resolve_dtype
-    from r1pipe.training.dist import DistInfo, all_gather_objects, init_distributed
+    from r1pipe.training.dist import init_distributed
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist = init_distributed()
@@ -487,38 +606,30 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         f"k={ev.num_samples}, temperature {ev.temperature}, top-p {ev.top_p}, max "
         f"{ev.max_new_tokens} new tokens, world size {dist.world_size}"
     )
-    shard = examples[dist.rank :: dist.world_size]
-    prompt_len = {
-        e.id: len(tokenizer(build_prompt(e.question, task, tokenizer))["input_ids"]) for e in shard
-    }
-    records: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    gen_seconds = 0.0
-    done = 0
-    for part_examples in length_batches(shard, prompt_len, ev.num_samples, ev.batch_size):
-        s, part = evaluate(
-            generator,
-            tokenizer,
-            part_examples,
-            task,
-            ev,
-            seed=cfg.run.seed + 1000 * dist.rank + done,
-            gsm8k_fallback=True,
-        )
-        records += part
-        gen_seconds += s["generate_seconds"]
-        done += len(part_examples)
+
+    def progress(done: int, total: int, num_records: int) -> None:
         log(
-            f"[bold cyan]\\[eval][/] {done}/{len(shard)} problems"
+            f"[bold cyan]\\[eval][/] {done}/{total} problems"
             + (" (rank 0)" if dist.world_size > 1 else "")
-            + f", {len(records) / (time.perf_counter() - t0):.2f} samples/s"
+            + f", {num_records / (time.perf_counter() - t0):.2f} samples/s"
         )
+
+    all_records, gen_seconds = evaluate_sharded(
+        generator,
+        tokenizer,
+        examples,
+        task,
+        ev,
+        dist,
+        seed=cfg.run.seed,
+        length_batched=True,
+        gsm8k_fallback=True,
+        progress=progress if dist.is_main else None,
+    )
     seconds = time.perf_counter() - t0
-    all_records = [r for part in all_gather_objects(records) for r in part]
     if not dist.is_main:
         return {}
-    position = {e.id: i for i, e in enumerate(examples)}
-    all_records.sort(key=lambda r: (position[r["id"]], r["sample"]))  # the benchmark's order
     summary: dict[str, Any] = {
         "benchmark": bench_label,
         "source": source,
