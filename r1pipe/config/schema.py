@@ -407,6 +407,7 @@ class GRPOConfig(OptimizerConfig):
     def check(self, prefix: str) -> None:
         """Validate; ``prefix`` is where this block sits (``stage.rl_reasoning``)."""
         p = prefix + "."
+        from r1pipe.rewards.registry import REASONING_REWARDS
         from r1pipe.rl.grpo import DYNAMIC_SAMPLING_FILTERS as DS_FILTERS
         from r1pipe.rl.grpo import LOSS_AGGREGATIONS
 
@@ -437,7 +438,7 @@ class GRPOConfig(OptimizerConfig):
             "must be in (0, max_new_tokens)",
         )
         _check(self.eval_every >= 0, p + "eval_every", "must be >= 0")
-        known = ("accuracy", "format", "language", "kimi_length", "cosine_length")
+        known = tuple(REASONING_REWARDS)
         for name in self.rewards:
             _check(name in known, p + f"rewards.{name}", f"unknown reward; known: {list(known)}")
         _weights(self.rewards, p + "rewards")
@@ -503,6 +504,8 @@ class RLAllConfig(GRPOConfig):
     training, to limit reward hacking."""
 
     def check(self, prefix: str) -> None:
+        from r1pipe.rewards.registry import GENERAL_REWARDS
+
         super().check(prefix)
         p = prefix + "."
         _check(0 <= self.general_fraction <= 1, p + "general_fraction", "must be in [0, 1]")
@@ -516,9 +519,9 @@ class RLAllConfig(GRPOConfig):
         self.harmlessness.check(p + "harmlessness")
         for name in self.general_rewards:
             _check(
-                name in ("format", "language"),
+                name in GENERAL_REWARDS,
                 p + f"general_rewards.{name}",
-                "general prompts have no reference: only format and language apply",
+                f"general prompts have no reference: only {' and '.join(GENERAL_REWARDS)} apply",
             )
         _weights(self.general_rewards, p + "general_rewards")
         _check(

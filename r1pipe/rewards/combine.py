@@ -34,10 +34,15 @@ How the protection is applied, and why not uniformly:
   ``try/except``. A future per sample would cost more than the work itself (thousands of
   completions per step must score well under a second), while a single future for the whole
   batch would let one slow sample zero the batch.
+
+Which rewards exist is :mod:`r1pipe.rewards.registry`'s: each of its entries points at one of
+the batch scorers here (``score_*``), which apply the protections above, and
+:func:`compute_rewards` loops over :data:`~r1pipe.rewards.registry.REASONING_REWARDS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -47,7 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1pipe.rewards.accuracy import VERIFIERS, accuracy_reward, final_answer, is_correct
 from r1pipe.rewards.format import format_reward
@@ -56,10 +61,10 @@ from r1pipe.rewards.length import cosine_length_reward, kimi_length_rewards
 from r1pipe.rewards.math_workers import verify_math
 from r1pipe.rewards.parsing import ANSWER_FORMATS
 
-__all__ = ["BUILTIN_REWARDS", "RewardResult", "compute_rewards"]
+if TYPE_CHECKING:
+    from r1pipe.rewards.registry import RewardBatch, RewardSpec
 
-#: Reward names that :func:`compute_rewards` knows without ``extra``.
-BUILTIN_REWARDS = ("accuracy", "format", "language", "kimi_length", "cosine_length")
+__all__ = ["BUILTIN_REWARDS", "RewardResult", "compute_rewards"]  # noqa: F822 (__getattr__)
 
 # Enough for I/O-bound extra rewards (e.g. a remote judge) to overlap, few enough that a burst
 # of abandoned tasks does not leave dozens of threads behind. Also caps the code reward threads.
@@ -261,27 +266,135 @@ def _math_accuracy(
     return values, failures
 
 
+# ---- the built-in rewards' batch scorers and checks (entries of r1pipe.rewards.registry) ----
+
+
+def score_accuracy(batch: RewardBatch) -> tuple[list[float], int]:
+    """``accuracy`` per sample, protected as its verifier needs: ``"math"`` in killable worker
+    processes, ``"code"`` in threads over sandboxed programs, the others directly."""
+    if batch.task_verifier == "math":
+        return _math_accuracy(
+            batch.completions, batch.references, batch.answer_format, batch.timeout_s
+        )
+    accuracy = functools.partial(
+        accuracy_reward,
+        verifier=batch.task_verifier,
+        answer_format=batch.answer_format,
+        tolerance=batch.tolerance,
+    )
+    pairs = list(zip(batch.completions, batch.references, strict=True))
+    if batch.task_verifier == "code":
+        # One sandboxed program per CPU: more would only stretch each one's wall clock.
+        return _run_threads(accuracy, pairs, max_workers=min(_MAX_WORKERS, _cpu_count()))
+    return _run_direct(accuracy, pairs)
+
+
+def score_format(batch: RewardBatch) -> tuple[list[float], int]:
+    """:func:`~r1pipe.rewards.format.format_reward` per sample, with ``answer_format``."""
+    return _run_direct(format_reward, [(c, batch.answer_format) for c in batch.completions])
+
+
+def score_general_format(batch: RewardBatch) -> tuple[list[float], int]:
+    """:func:`~r1pipe.rewards.reward_model.general_format_reward` per sample."""
+    # Imported here: its module loads torch for the reward models; this rule is string work.
+    from r1pipe.rewards.reward_model import general_format_reward
+
+    return _run_direct(general_format_reward, [(c,) for c in batch.completions])
+
+
+def score_language(batch: RewardBatch) -> tuple[list[float], int]:
+    """:func:`~r1pipe.rewards.language.language_consistency_reward` per sample."""
+    calls = [(c, batch.target_language) for c in batch.completions]
+    return _run_direct(language_consistency_reward, calls)
+
+
+def score_kimi_length(batch: RewardBatch) -> tuple[list[float], int]:
+    """:func:`~r1pipe.rewards.length.kimi_length_rewards` per group, a group being each
+    contiguous run of ``group_size`` completions."""
+    # Checked by check_kimi_length, so this pure arithmetic cannot fail on any sample.
+    size = batch.group_size
+    values = [
+        reward
+        for start in range(0, len(batch.completions), size)
+        for reward in kimi_length_rewards(
+            list(batch.lengths[start : start + size]), list(batch.correct[start : start + size])
+        )
+    ]
+    return values, 0
+
+
+def score_cosine_length(batch: RewardBatch) -> tuple[list[float], int]:
+    """:func:`~r1pipe.rewards.length.cosine_length_reward` per sample, with ``max_len``."""
+    # Checked by check_cosine_length, so this pure arithmetic cannot fail on any sample.
+    values = [
+        cosine_length_reward(length, ok, batch.max_len)
+        for length, ok in zip(batch.lengths, batch.correct, strict=True)
+    ]
+    return values, 0
+
+
+def _check_lengths(batch: RewardBatch) -> None:
+    # The length rewards are called without protection, so bad lengths fail here.
+    for length in batch.lengths:
+        if operator.index(length) < 0:
+            raise ValueError(f"lengths must be >= 0, got {length}")
+
+
+def check_kimi_length(batch: RewardBatch) -> None:
+    """The batch splits into groups and every length is an int >= 0."""
+    n = len(batch.completions)
+    if n % batch.group_size:
+        raise ValueError(f"{n} completions do not split into groups of {batch.group_size}")
+    _check_lengths(batch)
+
+
+def check_cosine_length(batch: RewardBatch) -> None:
+    """``max_len > 0`` and every length is an int >= 0."""
+    if operator.index(batch.max_len) <= 0:
+        raise ValueError(f"cosine_length needs max_len > 0, got {batch.max_len}")
+    _check_lengths(batch)
+
+
+def check_target_language(target_language: str) -> None:
+    """``target_language`` is a key of :data:`~r1pipe.rewards.language.LANGUAGE_SCRIPTS`."""
+    if target_language not in LANGUAGE_SCRIPTS:
+        raise ValueError(
+            f"unknown target_language {target_language!r}; "
+            f"expected one of {sorted(LANGUAGE_SCRIPTS)}"
+        )
+
+
+# ---- combining them -------------------------------------------------------------------------
+
+
+def _reasoning_rewards() -> dict[str, RewardSpec]:
+    # The registry points at the scorers above, so it is imported when used, not at import.
+    from r1pipe.rewards.registry import REASONING_REWARDS
+
+    return REASONING_REWARDS
+
+
+def __getattr__(name: str) -> Any:
+    # BUILTIN_REWARDS: the reward names compute_rewards knows without ``extra``, read from the
+    # registry (which imports this module) when asked for.
+    if name == "BUILTIN_REWARDS":
+        return tuple(_reasoning_rewards())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _check_config(
-    n: int,
-    references: list[str],
-    lengths: list[int],
+    batch: RewardBatch,
     weights: dict[str, float],
     enabled: dict[str, float],
     extra: dict[str, Callable[[str, str], float]],
-    *,
-    group_size: int,
-    task_verifier: str,
-    answer_format: str,
-    target_language: str,
-    max_len: int,
-    timeout_s: float,
+    rewards: dict[str, RewardSpec],
 ) -> None:
     # Configuration errors raise instead of being scored 0 per sample: a typo in a config must
     # not look like a policy that learns nothing.
-    clashes = sorted(set(extra) & set(BUILTIN_REWARDS))
+    clashes = sorted(set(extra) & set(rewards))
     if clashes:
         raise ValueError(f"extra rewards {clashes} clash with built-in reward names")
-    valid = [*BUILTIN_REWARDS, *extra]
+    valid = [*rewards, *extra]
     # All names, weight 0 included: a misspelt name is a typo even while it is switched off.
     unknown = [name for name in weights if name not in valid]
     if unknown:
@@ -289,34 +402,25 @@ def _check_config(
     bad_weights = {name: w for name, w in enabled.items() if not math.isfinite(w)}
     if bad_weights:
         raise ValueError(f"reward weights must be finite, got {bad_weights}")
+    n, references, lengths = len(batch.completions), batch.references, batch.lengths
     if len(references) != n or len(lengths) != n:
         raise ValueError(
             f"got {n} completions, {len(references)} references and {len(lengths)} lengths"
         )
-    if task_verifier not in VERIFIERS:
-        raise ValueError(f"unknown verifier {task_verifier!r}; expected one of {VERIFIERS}")
-    if answer_format not in ANSWER_FORMATS:
+    if batch.task_verifier not in VERIFIERS:
+        raise ValueError(f"unknown verifier {batch.task_verifier!r}; expected one of {VERIFIERS}")
+    if batch.answer_format not in ANSWER_FORMATS:
         raise ValueError(
-            f"unknown answer_format {answer_format!r}; expected one of {ANSWER_FORMATS}"
+            f"unknown answer_format {batch.answer_format!r}; expected one of {ANSWER_FORMATS}"
         )
-    if target_language not in LANGUAGE_SCRIPTS:
-        raise ValueError(
-            f"unknown target_language {target_language!r}; "
-            f"expected one of {sorted(LANGUAGE_SCRIPTS)}"
-        )
-    if not timeout_s > 0:  # also rejects NaN
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    if operator.index(group_size) < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if "kimi_length" in enabled and n % group_size:
-        raise ValueError(f"{n} completions do not split into groups of {group_size}")
-    if "cosine_length" in enabled and operator.index(max_len) <= 0:
-        raise ValueError(f"cosine_length needs max_len > 0, got {max_len}")
-    if "kimi_length" in enabled or "cosine_length" in enabled:
-        # The length rewards are then called without protection, so bad lengths fail here.
-        for length in lengths:
-            if operator.index(length) < 0:
-                raise ValueError(f"lengths must be >= 0, got {length}")
+    check_target_language(batch.target_language)
+    if not batch.timeout_s > 0:  # also rejects NaN
+        raise ValueError(f"timeout_s must be > 0, got {batch.timeout_s!r}")
+    if operator.index(batch.group_size) < 1:
+        raise ValueError(f"group_size must be >= 1, got {batch.group_size}")
+    for spec in rewards.values():
+        if spec.name in enabled and spec.check is not None:
+            spec.check(batch)
 
 
 def compute_rewards(
@@ -336,7 +440,8 @@ def compute_rewards(
 ) -> RewardResult:
     """Compute the weighted rewards of a batch of completions, never raising on bad samples.
 
-    Built-in rewards (by name in ``weights``):
+    Built-in rewards (by name in ``weights``; the entries of
+    :data:`~r1pipe.rewards.registry.REASONING_REWARDS`):
 
     * ``"accuracy"``: :func:`~r1pipe.rewards.accuracy.accuracy_reward` with ``task_verifier``,
       ``answer_format`` and ``tolerance``;
@@ -395,77 +500,45 @@ def compute_rewards(
         >>> result.per_reward["kimi_length"], result.failures["accuracy"]
         ([0.5, -0.5], 0)
     """
+    from r1pipe.rewards.registry import RewardBatch
+
+    rewards = _reasoning_rewards()
     extra = dict(extra or {})
     enabled = {name: weight for name, weight in weights.items() if weight != 0}
-    n = len(completions)
-    _check_config(
-        n,
+    batch = RewardBatch(
+        completions,
         references,
         lengths,
-        weights,
-        enabled,
-        extra,
         group_size=group_size,
         task_verifier=task_verifier,
         answer_format=answer_format,
+        tolerance=tolerance,
         target_language=target_language,
         max_len=max_len,
         timeout_s=timeout_s,
     )
+    _check_config(batch, weights, enabled, extra, rewards)
 
     values: dict[str, list[float]] = {}
     failures: dict[str, int] = {}
-    pairs = list(zip(completions, references, strict=True))
-    needs_correctness = "kimi_length" in enabled or "cosine_length" in enabled
-    if "accuracy" in enabled or needs_correctness:
-        accuracy = functools.partial(
-            accuracy_reward,
-            verifier=task_verifier,
-            answer_format=answer_format,
-            tolerance=tolerance,
-        )
-        if task_verifier == "math":
-            values["accuracy"], failures["accuracy"] = _math_accuracy(
-                completions, references, answer_format, timeout_s
-            )
-        elif task_verifier == "code":
-            # One sandboxed program per CPU: more would only stretch each one's wall clock.
-            values["accuracy"], failures["accuracy"] = _run_threads(
-                accuracy, pairs, max_workers=min(_MAX_WORKERS, _cpu_count())
-            )
-        else:
-            values["accuracy"], failures["accuracy"] = _run_direct(accuracy, pairs)
-    correct = [is_correct(value) for value in values.get("accuracy", [])]
+    needs_correct = any(rewards[name].needs_correct for name in enabled if name in rewards)
+    if "accuracy" in enabled or needs_correct:
+        values["accuracy"], failures["accuracy"] = rewards["accuracy"].score(batch)
+        batch = dataclasses.replace(batch, correct=[is_correct(v) for v in values["accuracy"]])
 
+    pairs = list(zip(completions, references, strict=True))
     for name in enabled:
-        if name == "format":
-            calls = [(completion, answer_format) for completion in completions]
-            values[name], failures[name] = _run_direct(format_reward, calls)
-        elif name == "language":
-            calls = [(completion, target_language) for completion in completions]
-            values[name], failures[name] = _run_direct(language_consistency_reward, calls)
-        elif name == "kimi_length":
-            # Validated above, so this pure arithmetic cannot fail on any sample.
-            values[name] = [
-                reward
-                for start in range(0, n, group_size)
-                for reward in kimi_length_rewards(
-                    lengths[start : start + group_size], correct[start : start + group_size]
-                )
-            ]
-            failures[name] = 0
-        elif name == "cosine_length":
-            values[name] = [
-                cosine_length_reward(length, ok, max_len)
-                for length, ok in zip(lengths, correct, strict=True)
-            ]
-            failures[name] = 0
-        elif name in extra:
+        if name == "accuracy":
+            continue  # computed above
+        if name in rewards:
+            values[name], failures[name] = rewards[name].score(batch)
+        else:
             values[name], failures[name] = _run_protected(
                 extra[name], pairs, timeout_s, max_in_flight=_MAX_WORKERS
             )
 
     per_reward = {name: values[name] for name in enabled}
+    n = len(completions)
     total = [
         math.fsum(weight * per_reward[name][i] for name, weight in enabled.items())
         for i in range(n)
