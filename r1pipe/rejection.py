@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from r1pipe.config.schema import ReadabilityFilters
+from r1pipe.data.jsonl import read_jsonl
+from r1pipe.data.types import Example
+from r1pipe.errors import UserError
 from r1pipe.rewards.format import format_reward
 from r1pipe.rewards.language import mixed_language
 from r1pipe.rewards.parsing import split_think
@@ -238,3 +242,33 @@ def acceptance_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "judge_failed": sum("judge" in r and r["judge"] is None for r in reasoning),
         **{f"rejected/{k}": reasons.get(k, 0) for k in REASONS[1:]},
     }
+
+
+def sft_examples(rows: list[dict[str, Any]]) -> list[Example]:
+    """The accepted rows of a ``samples.jsonl`` as SFT examples, each with its source
+    (reasoning rows get the task's template, general rows the template without the task's
+    instruction: :func:`r1pipe.data.general.example_prompt`). Shared with distillation."""
+    return [
+        Example(
+            id=f"{r['prompt_id']}#{i}",
+            question=r["prompt"],
+            reference=r["reference"],
+            response=r["completion"],
+            source="general" if r["source"] == "general" else "reasoning",
+        )
+        for i, r in enumerate(r for r in rows if r["accepted"])
+    ]
+
+
+SAMPLE_FIELDS = ("prompt_id", "source", "prompt", "reference", "completion", "accepted", "reason")
+
+
+def read_samples(path: Path, key: str) -> list[dict[str, Any]]:
+    """Rows of a ``samples.jsonl``; a bad line is a UserError naming the file and line."""
+    rows = []
+    for lineno, row in read_jsonl(path, key):
+        missing = [k for k in SAMPLE_FIELDS if k not in row]
+        if missing:
+            raise UserError(f"{path}:{lineno}: row has no field(s) {', '.join(missing)}")
+        rows.append(row)
+    return rows

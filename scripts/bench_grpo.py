@@ -38,16 +38,17 @@ What is measured
                         advantages and the update are 0; every step still runs in full)
     optimizer           AdamW lr 1e-4, betas 0.9/0.99, eps 1e-8, no weight decay,
                         constant schedule, gradient clipping at 1.0
-    r1pipe              ``GRPOTrainer`` of ``r1pipe/stages/rl_reasoning.py`` on a
-                        ``begin_stage`` context in a temporary run dir, DeepSpeed ZeRO-0,
-                        driven like ``run_grpo``: ``rollout(step)`` then ``train_on``
+    r1pipe              ``GRPOTrainer`` of ``r1pipe/rl/trainer.py`` built by
+                        ``build_grpo_trainer`` (no run dir), DeepSpeed ZeRO-0, run by
+                        the stages' ``fit`` loop; a callback reads each step's times
     TRL                 ``trl.GRPOTrainer`` (transformers ``generate``, no vLLM,
                         ``use_cpu=True``, no gradient checkpointing, fp32, no logging,
                         saving or evaluation) run with ``trainer.train()`` for
                         ``warmup + steps`` optimizer steps
     ==================  =================================================================
 
-    Step time. r1pipe: ``rollout`` + ``train_on`` as ``run_grpo`` times them. TRL: a
+    Step time. r1pipe: the step's ``time_step`` (rollout + ``train_on``) as the trainer
+    records it. TRL: a
     callback stamps ``on_step_end``; a step is the time between two stamps (the first step
     from its ``on_step_begin``), so it covers everything TRL does per optimizer step (batch
     fetch, generation, reward, loss, backward, clip, AdamW). Warmup steps are left out; as
@@ -216,7 +217,7 @@ def _accuracy(task: Any, completion: str, reference: str) -> float:
 
 def _step_prompts(cfg: Any, train: list[Any], total: int) -> list[list[int]]:
     """Train indices of each step's prompts: exactly r1pipe's (first sampling round)."""
-    from r1pipe.stages.cold_start import sample_order
+    from r1pipe.training.order import sample_order
 
     rl = cfg.stage.rl_reasoning
     n = len(train)
@@ -299,68 +300,92 @@ def _finish(
 # ---- r1pipe ---------------------------------------------------------------------------
 
 
+class _FullLength:
+    """A generator that forces every completion to ``max_new_tokens`` (EOS is not sampled
+    before), so that both sides generate and train on the same number of tokens."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def generate(self, prompts: list[str], params: Any) -> Any:
+        import dataclasses
+
+        forced = dataclasses.replace(params, min_new_tokens=params.max_new_tokens)
+        return self.inner.generate(prompts, forced)
+
+    def update_weights(self, model: Any) -> None:
+        self.inner.update_weights(model)
+
+
 def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
     import deepspeed
     import torch
 
     from r1pipe.data.tasks import load_task
-    from r1pipe.stages.common import begin_stage
-    from r1pipe.stages.rl_reasoning import KEY, NAME, GRPOTrainer, Scores
+    from r1pipe.models import load_tokenizer
+    from r1pipe.rl.build import build_grpo_trainer
+    from r1pipe.rl.prompts import SeededPrompts
+    from r1pipe.rl.scoring import Scores
+    from r1pipe.training.dist import init_distributed
+    from r1pipe.training.loop import Callback, FitOutputs, FitPlan, fit
 
-    with tempfile.TemporaryDirectory(prefix="bench-r1pipe-") as run_dir:
-        cfg, dcfg = _compose(args, run_dir)
-        rl, task = cfg.stage.rl_reasoning, cfg.task
-        ctx = begin_stage(NAME, KEY, cfg, dcfg)
-        train, _ = load_task(task)
+    cfg, _ = _compose(args)
+    rl, task = cfg.stage.rl_reasoning, cfg.task
+    train, _ = load_task(task)
+    dist = init_distributed()
 
-        def reward_fn(examples: list[Any], completions: list[Any]) -> Any:
-            g = len(completions) // len(examples)
-            r = [
-                _accuracy(task, c.text, examples[i // g].reference)
-                for i, c in enumerate(completions)
-            ]
-            acc = torch.tensor(r, dtype=torch.float32)
-            return Scores(acc, {"accuracy": sum(r) / len(r)}, {}, acc)
+    def reward_fn(examples: list[Any], completions: list[Any]) -> Any:
+        g = len(completions) // len(examples)
+        r = [_accuracy(task, c.text, examples[i // g].reference) for i, c in enumerate(completions)]
+        acc = torch.tensor(r, dtype=torch.float32)
+        return Scores(acc, {"accuracy": sum(r) / len(r)}, {}, acc)
 
-        trainer = GRPOTrainer(ctx, rl, reward_fn)
-        if not args.allow_eos:
-            trainer.min_new_tokens = rl.max_new_tokens
-        setup_rss = _peak_rss_mib()
-        total = args.warmup + args.steps
-        steps: list[dict[str, float]] = []
-        losses: list[float] = []
-        start = time.perf_counter()
-        cpu0 = _cpu_snapshot()
-        for step in range(total):
-            if step == args.warmup:
-                start, cpu0 = time.perf_counter(), _cpu_snapshot()
-            t0 = time.perf_counter()
-            batch, stats = trainer.rollout(step, train)
-            t1 = time.perf_counter()
-            out = trainer.train_on(batch)
-            t2 = time.perf_counter()
-            losses.append(out["loss"])
-            if step >= args.warmup:
-                steps.append(
+    trainer = build_grpo_trainer(
+        cfg, rl, "rl_reasoning", args.model_dir, load_tokenizer(args.model_dir), dist,
+        rewards=reward_fn, prompts=SeededPrompts(train, rl, cfg.run.seed),
+    )  # fmt: skip
+    if not args.allow_eos:
+        trainer.generator = _FullLength(trainer.generator)
+    setup_rss = _peak_rss_mib()
+
+    class Clock(Callback):
+        """The steps' records and times: the window starts after the warmup steps."""
+
+        def __init__(self) -> None:
+            self.steps: list[dict[str, float]] = []
+            self.losses: list[float] = []
+            self.start, self.cpu0 = time.perf_counter(), _cpu_snapshot()
+
+        def on_step_end(self, done: int, record: dict[str, Any]) -> None:
+            self.losses.append(record["loss"])
+            if done == args.warmup:
+                self.start, self.cpu0 = time.perf_counter(), _cpu_snapshot()
+            if done > args.warmup:
+                self.steps.append(
                     {
-                        "step": t2 - t0,
-                        "generate": stats["time_generate"],
-                        "reward": stats["time_reward"],
-                        "train": t2 - t1,
-                        "gen_tokens": stats["generated_tokens"],
-                        "loss_tokens": out["trained_tokens"],
-                        "reward_mean": stats["reward"],
+                        "step": record["time_step"],
+                        "generate": record["time_generate"],
+                        "reward": record["time_reward"],
+                        "train": record["time_train"],
+                        "gen_tokens": record["generated_tokens"],
+                        "loss_tokens": record["trained_tokens"],
+                        "reward_mean": record["reward"],
                     }
                 )
-        end = time.perf_counter()
-        cpu = (cpu0, _cpu_snapshot())
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="bench-r1pipe-") as tmp:
+        plan = FitPlan(args.warmup + args.steps, log_every=1, save_every=0, keep_last=1)
+        fit(trainer, plan, FitOutputs(Path(tmp), final_dir=None), dist, callbacks=[clock])
+    end = time.perf_counter()
+    cpu = (clock.cpu0, _cpu_snapshot())
     return _finish(
-        "r1pipe", args, cfg, steps, (start, end), cpu, setup_rss,
+        "r1pipe", args, cfg, clock.steps, (clock.start, end), cpu, setup_rss,
         {
             "deepspeed": deepspeed.__version__,
             "zero_stage": cfg.deepspeed.zero_stage,
             "micro_batches": trainer.grad_accum,
-            "losses": losses,
+            "losses": clock.losses,
         },
     )  # fmt: skip
 

@@ -111,7 +111,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
     from r1pipe.data.synthetic import addition_splits
     from r1pipe.data.templates import build_prompt
     from r1pipe.models import build_char_tokenizer, build_tiny_model
-    from r1pipe.stages.cold_start import sample_order
+    from r1pipe.training.order import sample_order
     from r1pipe.training.packing import tokenize_sft
 
     cfg = compose([])[0]
@@ -237,7 +237,7 @@ def run_r1pipe(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     import deepspeed
     import torch
 
-    from r1pipe.config.schema import DeepSpeedConfig
+    from r1pipe.config.schema import DeepSpeedConfig, OptimizerConfig
     from r1pipe.training.dist import init_distributed
     from r1pipe.training.engine import TrainEngine
     from r1pipe.training.packing import collate, num_loss_tokens, sft_loss_sum
@@ -245,11 +245,14 @@ def run_r1pipe(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     s = _setup(args)
     tok, data, order = s["tok"], s["data"], s["order"]
     dist = init_distributed()
-    engine = TrainEngine(
-        s["model"], ds_cfg=DeepSpeedConfig(zero_stage=0, bf16="false"), dist=dist, lr=s["lr"],
-        weight_decay=0.0, betas=(0.9, 0.95), total_steps=s["total"], warmup_steps=0,
+    optim = OptimizerConfig(
+        lr=s["lr"], weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, warmup_ratio=0.0,
         lr_scheduler="constant", min_lr_ratio=1.0, micro_batch_size=args.batch_size,
-        grad_accum=1, max_grad_norm=1.0,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+    engine = TrainEngine(
+        s["model"], ds_cfg=DeepSpeedConfig(zero_stage=0, bf16="false"), dist=dist, optim=optim,
+        total_steps=s["total"], grad_accum=1,
     )  # fmt: skip
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:

@@ -19,6 +19,7 @@ from r1pipe.config.inputs import check_file
 from r1pipe.config.schema import TaskConfig
 from r1pipe.data.jsonl import drop_duplicate_ids, read_jsonl, row_id, text_field
 from r1pipe.data.templates import build_prompt
+from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -96,6 +97,14 @@ def general_prompt(question: str, task: TaskConfig, tokenizer: PreTrainedTokeniz
     """The prompt of a general query: the task's template without its instruction (a "put the
     answer in \\boxed{}" has no place in "write a haiku")."""
     return build_prompt(question, replace(task, instruction=""), tokenizer)
+
+
+def example_prompt(example: Example, task: TaskConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """An example's prompt text by its source: a reasoning problem gets the task's template
+    and instruction, a general query the template alone (:func:`general_prompt`)."""
+    if example.source == "general":
+        return general_prompt(example.question, task, tokenizer)
+    return build_prompt(example.question, task, tokenizer)
 
 
 def general_response(response: str, cot: str | None = None) -> str:

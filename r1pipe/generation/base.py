@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -39,8 +39,17 @@ class Completion:
 
 
 class Generator(Protocol):
-    """Samples completions for prompts given as text."""
+    """Samples completions for prompts given as text.
+
+    A trainer calls :meth:`update_weights` after its optimizer steps, before it samples
+    again: a back end that holds its own copy of the weights (vLLM) loads the new ones there;
+    one that samples from the live training model (hf) has nothing to do.
+    """
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         """Return, for each prompt, ``params.n`` completions."""
+        ...
+
+    def update_weights(self, model: Any) -> None:
+        """Take the trainer's current weights from ``model`` (the HF module being trained)."""
         ...

@@ -269,6 +269,11 @@ class HFGenerator:
 
     # ---- the two decoders: prompt token ids -> n rows per prompt of (token ids, logprobs)
 
+    def update_weights(self, model: PreTrainedModel) -> None:
+        """Nothing to do: this back end samples from the live training model itself."""
+        if model is not self.model:
+            raise ValueError("the hf generator samples from the model it was built with")
+
     def _left_pad(self, enc: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(e) for e in enc)
         ids = torch.full((len(enc), width), self.tokenizer.pad_token_id, dtype=torch.long)

@@ -8,7 +8,7 @@ What it does, in order:
 2. Reads the accepted rows of ``RUN_DIR/rejection-sft/samples.jsonl`` (or
    ``stage.distill.samples``): reasoning rows, and general rows unless ``include_general=false``;
    copies them to ``distill/train.jsonl``, which a resumed run reuses.
-3. SFT with cold-start's code (:func:`r1pipe.stages.cold_start.run_sft`); the held-out
+3. SFT with cold-start's code (:func:`r1pipe.stages.common.run_sft`); the held-out
    evaluation of the student; the teacher's held-out pass@1 (from the manifest) beside it.
 
 Not a stage of ``run-all``: it writes ``RUN_DIR/distill/`` and a ``distill`` manifest entry.
@@ -33,10 +33,9 @@ from omegaconf import DictConfig
 from r1pipe.config.schema import R1Config
 from r1pipe.data.tasks import load_task
 from r1pipe.errors import UserError
+from r1pipe.rejection import read_samples, sft_examples
 from r1pipe.run_dir import atomic_write_text
-from r1pipe.stages.cold_start import run_sft
-from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, stage_guard
-from r1pipe.stages.rejection_sft import read_samples, sft_examples
+from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, run_sft, stage_guard
 from r1pipe.training.dist import barrier
 
 NAME, KEY = "distill", "distill"
@@ -74,7 +73,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
             if ctx.dist.is_main:
                 atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in rows))
             barrier()
-        examples, prompt_fn = sft_examples(rows, cfg.task)
+        examples = sft_examples(rows)
         n_reasoning = sum(r["source"] == "reasoning" for r in rows)
         ctx.log(
             f"student {cfg.model.name} on {len(rows)} samples ({n_reasoning} reasoning, "
@@ -83,7 +82,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "reasoning_examples": n_reasoning,
             "general_examples": len(rows) - n_reasoning,
-            **run_sft(ctx, ds.sft, examples, prompt_fn),
+            **run_sft(ctx, ds.sft, examples),
         }
         teacher = (ctx.run_dir.stage_entry("rejection-sft") or {}).get("metrics", {})
         if "pass@1" in teacher:

@@ -18,7 +18,7 @@ What it does, in order:
    ``cot_for_complex``.
 4. Writes every sample to ``rejection-sft/samples.jsonl`` (``accepted``, ``reason``) and the
    acceptance statistics into the manifest entry's metrics.
-5. SFT with cold-start's code (:func:`r1pipe.stages.cold_start.run_sft`) from ``start``: ``base``
+5. SFT with cold-start's code (:func:`r1pipe.stages.common.run_sft`) from ``start``: ``base``
    (the model cold-start began from, as in the paper) or ``previous`` (the sampled checkpoint),
    then the held-out evaluation.
 
@@ -45,14 +45,13 @@ import gc
 import json
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from r1pipe.config.schema import R1Config, RejectionSFTConfig, TaskConfig
+from r1pipe.config.schema import R1Config, RejectionSFTConfig
 from r1pipe.data.general import (
     GeneralExample,
     general_prompt,
@@ -60,7 +59,6 @@ from r1pipe.data.general import (
     load_general,
     mix_general,
 )
-from r1pipe.data.jsonl import read_jsonl
 from r1pipe.data.tasks import load_task
 from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
@@ -75,18 +73,20 @@ from r1pipe.rejection import (
     keep_per_prompt,
     language_filter,
     paragraph_filter,
+    read_samples,
     readability_reason,
+    sft_examples,
 )
 from r1pipe.rewards.accuracy import accuracy_reward, is_correct
 from r1pipe.rewards.judge import Judge, build_judge, fill_prompt, judge_answers
 from r1pipe.rewards.parsing import THINK_CLOSE, THINK_OPEN, split_think
 from r1pipe.run_dir import RunDir, atomic_write_text
-from r1pipe.stages.cold_start import run_sft
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     finish_stage,
     heldout_eval,
+    run_sft,
     stage_guard,
 )
 from r1pipe.training.dist import DistInfo, all_gather_objects, barrier
@@ -125,7 +125,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         stats = acceptance_stats(rows)
         stats["sample_seconds"] = round(time.perf_counter() - t0, 1)
         ctx.log(describe(stats))
-        examples, prompt_fn = sft_examples(rows, cfg.task)
+        examples = sft_examples(rows)
         if not examples:
             raise UserError(
                 f"rejection-sft: no sample passed the filters and no general data is mixed in "
@@ -137,7 +137,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         metrics = {
             **stats,
             "sft_start": start_label(ctx.run_dir, sft_start),
-            **run_sft(sft_ctx, rs.sft, examples, prompt_fn),
+            **run_sft(sft_ctx, rs.sft, examples),
         }
         metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))
         finish_stage(ctx, metrics)
@@ -380,48 +380,6 @@ def sft_start_model(run_dir: RunDir, rs: RejectionSFTConfig, previous: Path | st
 
 def start_label(run_dir: RunDir, start: Path | str) -> str:
     return run_dir.rel(start) if isinstance(start, Path) else str(start)
-
-
-def sft_examples(
-    rows: list[dict[str, Any]], task: TaskConfig
-) -> tuple[list[Example], Callable[[Example, Any], str]]:
-    """The accepted rows of ``samples.jsonl`` as SFT examples, and their prompt function
-    (reasoning rows get the task's template, general rows the template without the task's
-    instruction). Shared with distillation."""
-    accepted = [r for r in rows if r["accepted"]]
-    examples = [
-        Example(
-            id=f"{r['prompt_id']}#{i}",
-            question=r["prompt"],
-            reference=r["reference"],
-            response=r["completion"],
-        )
-        for i, r in enumerate(accepted)
-    ]
-    general_ids = {
-        e.id for e, r in zip(examples, accepted, strict=True) if r["source"] == "general"
-    }
-
-    def prompt_fn(e: Example, tokenizer: Any) -> str:
-        if e.id in general_ids:
-            return general_prompt(e.question, task, tokenizer)
-        return build_prompt(e.question, task, tokenizer)
-
-    return examples, prompt_fn
-
-
-SAMPLE_FIELDS = ("prompt_id", "source", "prompt", "reference", "completion", "accepted", "reason")
-
-
-def read_samples(path: Path, key: str) -> list[dict[str, Any]]:
-    """Rows of a ``samples.jsonl``; a bad line is a UserError naming the file and line."""
-    rows = []
-    for lineno, row in read_jsonl(path, key):
-        missing = [k for k in SAMPLE_FIELDS if k not in row]
-        if missing:
-            raise UserError(f"{path}:{lineno}: row has no field(s) {', '.join(missing)}")
-        rows.append(row)
-    return rows
 
 
 def describe(stats: dict[str, Any]) -> str:

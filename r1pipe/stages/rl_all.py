@@ -12,9 +12,13 @@ Each step, in order:
    General prompts: the helpfulness reward model on the final summary only (the text after
    ``</think>``), the harmlessness reward model on the whole response, each times its
    weight, plus ``general_rewards`` (a think-block format rule).
-4. **Advantage and loss.** As in rl-reasoning (:class:`~r1pipe.stages.rl_reasoning.GRPOTrainer`):
+4. **Advantage and loss.** As in rl-reasoning (:class:`~r1pipe.rl.trainer.GRPOTrainer`):
    advantages are normalised within each prompt's group, so a reward model's scale never
    competes with the rule rewards' across prompts.
+
+So rl-all is rl-reasoning with another prompt mix (:class:`~r1pipe.rl.prompts.PromptMix`) and
+more rewards (:class:`~r1pipe.rl.scoring.BySource`: rule rewards for reasoning prompts,
+:class:`~r1pipe.rl.scoring.GeneralRewards` for general ones).
 
 ``metrics.jsonl`` splits by prompt source: ``reasoning/{reward,prompts}`` and
 ``reward/{accuracy,format}`` (reasoning prompts only), ``general/{reward,helpfulness,
@@ -39,44 +43,35 @@ Launch: ``r1pipe stage rl-all [OVERRIDES]``;
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from r1pipe.config.schema import R1Config, RewardModelConfig, RLAllConfig
-from r1pipe.data.general import general_prompt, load_general
+from r1pipe.data.general import example_prompt, general_prompt, load_general
 from r1pipe.data.tasks import load_task
-from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
-from r1pipe.generation.base import Completion
-from r1pipe.rewards.language import language_consistency_reward
-from r1pipe.rewards.reward_model import (
-    RewardModel,
-    ScoreFn,
-    general_format_reward,
-    preference_rewards,
-)
-from r1pipe.stages.cold_start import sample_order
+from r1pipe.models import load_tokenizer
+from r1pipe.rewards.reward_model import RewardModel, general_format_reward, preference_rewards
+from r1pipe.rl.prompts import PromptMix
+from r1pipe.rl.scoring import PREFERENCE, BySource, GeneralRewards, RuleRewards
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
     finish_stage,
     fit_prompts,
     heldout_eval,
+    run_grpo,
     stage_guard,
     train_source,
 )
-from r1pipe.stages.rl_reasoning import Scores, rule_rewards, run_grpo
 from r1pipe.training.dist import barrier, broadcast_object
 from r1pipe.training.metrics import read_metrics
 
 NAME, KEY = "rl-all", "rl_all"
-PREFERENCE = ("helpfulness", "harmlessness")
 
 
 def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
@@ -88,13 +83,10 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         rl = cfg.stage.rl_all
         reasoning, held_out = load_task(cfg.task)
         general, general_held_out = split_general(rl, cfg.run.seed)
-        from r1pipe.models import load_tokenizer
-
         tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
-        general_ids = {e.id for e in general}
 
         def text(e: Example) -> str:
-            return prompt_text(e, tokenizer, cfg, general_ids)
+            return example_prompt(e, cfg.task, tokenizer)
 
         reasoning = fit_prompts(
             ctx, reasoning, text, tokenizer, reserve=rl.max_new_tokens, where=train_source(cfg)
@@ -109,22 +101,18 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         )
         scorers = load_reward_models(ctx, rl)
         mix = PromptMix(reasoning, general, rl, ctx.dist.world_size, cfg.run.seed)
-        rewards = MixedRewards(cfg, rl, ctx.dist.world_size, {e.id for e in general}, scorers)
+        rewards = BySource(
+            {"reasoning": RuleRewards(cfg.task, rl), "general": GeneralRewards(rl, scorers)},
+            rl.group_size,
+            ctx.dist.world_size,
+        )
         ctx.log(
             f"prompts: {len(reasoning)} reasoning, {len(general)} general "
             f"({mix.general_per_rank(rl.max_steps - 1) * ctx.dist.world_size} a step from step "
             f"{mix.start_step + 1}); reward models: "
             + ", ".join(f"{k}={v.path if v else 'off'}" for k, v in scorers.items())
         )
-        metrics = run_grpo(
-            ctx,
-            rl,
-            reasoning,
-            held_out,
-            rewards,
-            prompt_batch=mix,
-            prompt_text=lambda ex, tok: prompt_text(ex, tok, cfg, rewards.general_ids),
-        )
+        metrics = run_grpo(ctx, rl, tokenizer, rewards, mix, held_out)
         if ctx.dist.is_main:
             last = (read_metrics(ctx.stage_dir / "metrics.jsonl") or [{}])[-1]
             metrics.update(
@@ -140,14 +128,11 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-# ---- prompts --------------------------------------------------------------------------------
-
-
 def split_general(rl: RLAllConfig, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, held-out) general prompts: a seeded ``general_eval_size`` are held out."""
     key = f"stage.{KEY}.general_file"
     rows = load_general(rl.general_file, key)
-    examples = [Example(id=r.id, question=r.prompt, reference="") for r in rows]
+    examples = [Example(id=r.id, question=r.prompt, reference="", source="general") for r in rows]
     random.Random(seed).shuffle(examples)
     held, train = examples[: rl.general_eval_size], examples[rl.general_eval_size :]
     if rl.general_fraction > 0 and not train:
@@ -156,52 +141,6 @@ def split_general(rl: RLAllConfig, seed: int) -> tuple[list[Example], list[Examp
             f"stage.{KEY}.general_eval_size={rl.general_eval_size}; none left to train on"
         )
     return train, held
-
-
-def prompt_text(ex: Example, tokenizer: Any, cfg: R1Config, general_ids: set[str]) -> str:
-    """A general prompt gets the task's template without the task's instruction."""
-    if ex.id in general_ids:
-        return general_prompt(ex.question, cfg.task, tokenizer)
-    return build_prompt(ex.question, cfg.task, tokenizer)
-
-
-class PromptMix:
-    """``(step, round) -> the step's prompts``: every rank's share holds the same number of
-    general prompts (so per-source statistics average correctly over ranks), none before
-    ``start_step``. A pure function of the step and round, so resume needs no state."""
-
-    def __init__(
-        self,
-        reasoning: list[Example],
-        general: list[Example],
-        rl: RLAllConfig,
-        world_size: int,
-        seed: int,
-    ):
-        self.reasoning, self.general, self.rl = reasoning, general, rl
-        self.world, self.seed = world_size, seed
-        self.per_rank = rl.prompts_per_step // world_size
-        self.start_step = math.floor(rl.preference_start_frac * rl.max_steps)
-
-    def general_per_rank(self, step: int) -> int:
-        if not self.general or self.rl.general_fraction == 0 or step < self.start_step:
-            return 0
-        return min(self.per_rank, max(1, round(self.rl.general_fraction * self.per_rank)))
-
-    def __call__(self, step: int, sampling_round: int) -> list[Example]:
-        n_gen = self.general_per_rank(step)
-        n_rea = self.per_rank - n_gen
-        seed = self.seed + 1_000_003 * sampling_round  # rl-reasoning's order for reasoning
-        rea = sample_order(step, self.rl.prompts_per_step, len(self.reasoning), seed)
-        gen = sample_order(step, n_gen * self.world, len(self.general), seed + 17) if n_gen else []
-        batch: list[Example] = []
-        for r in range(self.world):
-            batch += [self.reasoning[i] for i in rea[r * n_rea : (r + 1) * n_rea]]
-            batch += [self.general[i] for i in gen[r * n_gen : (r + 1) * n_gen]]
-        return batch
-
-
-# ---- rewards --------------------------------------------------------------------------------
 
 
 def load_reward_models(ctx: StageContext, rl: RLAllConfig) -> dict[str, RewardModel | None]:
@@ -244,90 +183,6 @@ def ensure_tiny_reward_model(ctx: StageContext, kind: str) -> Path:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-class MixedRewards:
-    """The reward function of rl-all: ``(examples, completions) -> Scores``, rule rewards
-    for reasoning prompts and reward models for general ones (whose accuracy is NaN).
-
-    Group ``g`` of the completions belongs to ``examples[g]``; a whole group has one source.
-    ``scorers`` are reward models (or any ``(prompts, responses) -> scores``) by name; a
-    :class:`RewardModel`'s failure count is reported and reset each call.
-    """
-
-    def __init__(
-        self,
-        cfg: R1Config,
-        rl: RLAllConfig,
-        world_size: int,
-        general_ids: set[str],
-        scorers: dict[str, ScoreFn | None],
-    ):
-        self.cfg, self.rl, self.world = cfg, rl, world_size
-        self.general_ids, self.scorers = general_ids, scorers
-
-    def __call__(self, examples: list[Example], completions: list[Completion]) -> Scores:
-        G, task, rl = self.rl.group_size, self.cfg.task, self.rl
-        source = [
-            "general" if examples[i // G].id in self.general_ids else "reasoning"
-            for i in range(len(completions))
-        ]
-        rea = [i for i, s in enumerate(source) if s == "reasoning"]
-        gen = [i for i, s in enumerate(source) if s == "general"]
-        total = torch.zeros(len(completions))
-        accuracy = torch.full((len(completions),), float("nan"))  # general prompts: none
-        means: dict[str, float] = {
-            # global counts: every rank holds the same mix (PromptMix), and ranks are averaged
-            "reasoning/prompts": len(rea) // G * self.world,
-            "general/prompts": len(gen) // G * self.world,
-        }
-        failures: dict[str, int] = {}
-        if rea:
-            scores = rule_rewards(
-                task, rl, [examples[i // G] for i in rea[::G]], [completions[i] for i in rea]
-            )
-            total[rea] = scores.total
-            if scores.accuracy is not None:
-                accuracy[rea] = scores.accuracy
-            means.update(scores.means)
-            failures = scores.failures
-            means["reasoning/reward"] = float(scores.total.mean())
-        if gen:
-            parts = self.general_rewards(
-                [examples[i // G].question for i in gen], [completions[i].text for i in gen]
-            )
-            weights = {**{k: getattr(rl, k).weight for k in PREFERENCE}, **rl.general_rewards}
-            gen_total = [
-                math.fsum(weights[k] * values[j] for k, values in parts.items())
-                for j in range(len(gen))
-            ]
-            total[gen] = torch.tensor(gen_total)
-            means.update({f"general/{k}": _mean(v) for k, v in parts.items()})
-            means["general/reward"] = _mean(gen_total)
-            for kind in PREFERENCE:
-                scorer = self.scorers[kind]
-                if isinstance(scorer, RewardModel):
-                    failures[kind] = scorer.failures
-                    scorer.failures = 0
-        return Scores(total, means, failures, accuracy)
-
-    def general_rewards(self, prompts: list[str], texts: list[str]) -> dict[str, list[float]]:
-        """Each reward of general prompts, unweighted: reward models and rule rewards."""
-        parts = preference_rewards(
-            prompts,
-            texts,
-            helpfulness=self.scorers["helpfulness"],
-            harmlessness=self.scorers["harmlessness"],
-        )
-        for name, weight in self.rl.general_rewards.items():
-            if weight == 0:
-                continue
-            if name == "format":
-                parts[name] = [general_format_reward(t) for t in texts]
-            else:  # language
-                target = self.rl.target_language
-                parts[name] = [language_consistency_reward(t, target) for t in texts]
-        return parts
 
 
 # ---- held-out general prompts ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from r1pipe.config.schema import DeepSpeedConfig
+from r1pipe.config.schema import DeepSpeedConfig, OptimizerConfig
 from r1pipe.errors import UserError
 from r1pipe.training.dist import (
     DistInfo,
@@ -123,11 +123,12 @@ class TrainEngine:
         model: The HF model (full weights on every rank; ZeRO partitions them at init).
         ds_cfg: ``cfg.deepspeed``.
         dist: Process-group info.
-        lr, weight_decay, betas, eps: AdamW settings.
-        total_steps, warmup_steps, lr_scheduler, min_lr_ratio: Schedule.
-        micro_batch_size: Sequences per micro-batch (for DeepSpeed's bookkeeping).
+        optim: The stage's optimizer block: AdamW, schedule (warmup is
+            ``warmup_ratio * total_steps``), gradient clip, ``micro_batch_size``.
+        total_steps: Optimizer steps the schedule spans.
         grad_accum: Micro-batches per optimizer step on each rank.
-        max_grad_norm: Global gradient-norm clip.
+        micro_batch_size: Sequences per micro-batch for DeepSpeed's bookkeeping (default
+            ``optim.micro_batch_size``).
         gradient_checkpointing: Recompute activations in backward.
         max_nonfinite_steps: An optimizer step whose gradients are not all finite (on any
             rank) is skipped, leaving weights and optimizer state as they were; this many in
@@ -140,17 +141,10 @@ class TrainEngine:
         *,
         ds_cfg: DeepSpeedConfig,
         dist: DistInfo,
-        lr: float,
-        weight_decay: float,
-        betas: tuple[float, float],
+        optim: OptimizerConfig,
         total_steps: int,
-        eps: float = 1e-8,
-        warmup_steps: int,
-        lr_scheduler: str,
-        min_lr_ratio: float,
-        micro_batch_size: int,
         grad_accum: int,
-        max_grad_norm: float,
+        micro_batch_size: int | None = None,
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 3,
     ):
@@ -169,35 +163,37 @@ class TrainEngine:
         optimizer = None
         optimizer_cfg = None
         params = [p for p in model.parameters() if p.requires_grad]
+        betas = (optim.adam_beta1, optim.adam_beta2)
         if ds_cfg.offload_optimizer:
             optimizer_cfg = {
                 "type": "AdamW",
                 "params": {
-                    "lr": lr,
+                    "lr": optim.lr,
                     "betas": list(betas),
-                    "eps": eps,
-                    "weight_decay": weight_decay,
+                    "eps": optim.adam_eps,
+                    "weight_decay": optim.weight_decay,
                 },
             }
         else:
             optimizer = torch.optim.AdamW(
                 params,
-                lr=lr,
+                lr=optim.lr,
                 betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
+                eps=optim.adam_eps,
+                weight_decay=optim.weight_decay,
                 foreach=dist.device.type == "cuda",
             )
         self.ds_config = deepspeed_config(
             ds_cfg,
-            micro_batch_size=micro_batch_size,
+            micro_batch_size=micro_batch_size or optim.micro_batch_size,
             grad_accum=grad_accum,
             world_size=dist.world_size,
-            max_grad_norm=max_grad_norm,
+            max_grad_norm=optim.max_grad_norm,
             bf16=self.bf16,
             optimizer=optimizer_cfg,
         )
-        schedule = lr_lambda(lr_scheduler, total_steps, warmup_steps, min_lr_ratio)
+        warmup_steps = int(optim.warmup_ratio * total_steps)
+        schedule = lr_lambda(optim.lr_scheduler, total_steps, warmup_steps, optim.min_lr_ratio)
 
         def make_scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
             return torch.optim.lr_scheduler.LambdaLR(opt, schedule)

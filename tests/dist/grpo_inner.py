@@ -13,15 +13,15 @@ from grpo_step import build_trainer, global_batch
 
 def main() -> None:
     base, out, *overrides = sys.argv[1:]
-    cfg, ctx, trainer = build_trainer(base, overrides)
+    cfg, dist, trainer = build_trainer(base, overrides)
     rl = cfg.stage.rl_reasoning
     batch = global_batch(
         rl.prompts_per_step * rl.group_size, rl.group_size, 6, 9, len(trainer.tokenizer)
     )
     stats = [trainer.train_on(batch), trainer.train_on(batch)]
-    trainer.refresh_reference()
+    trainer.reference.refresh_from(trainer.engine.module)
     stats.append(trainer.train_on(batch))
-    if ctx.dist.is_main:
+    if dist.is_main:
         Path(out).write_text(json.dumps(stats))
 
 

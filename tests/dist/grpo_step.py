@@ -11,9 +11,13 @@ from pathlib import Path
 import torch
 
 from r1pipe.config import compose
+from r1pipe.models import load_tokenizer
+from r1pipe.rl.build import build_grpo_trainer
 from r1pipe.rl.grpo import group_advantages
-from r1pipe.stages.common import begin_stage
-from r1pipe.stages.rl_reasoning import GRPOTrainer, Rollout
+from r1pipe.rl.prompts import SeededPrompts
+from r1pipe.rl.scoring import RuleRewards
+from r1pipe.rl.trainer import Rollout
+from r1pipe.training.dist import init_distributed
 
 
 def global_batch(n: int, group: int, P: int, T: int, vocab: int) -> Rollout:
@@ -32,20 +36,31 @@ def global_batch(n: int, group: int, P: int, T: int, vocab: int) -> Rollout:
 
 
 def build_trainer(base: str, overrides: list[str]):
-    """(cfg, stage context, GRPOTrainer) for the smoke config from ``base``."""
-    cfg, dcfg = compose(["conf=smoke", f"model.path={base}", *overrides])
-    ctx = begin_stage("rl-reasoning", "rl_reasoning", cfg, dcfg)
-    return cfg, ctx, GRPOTrainer(ctx, cfg.stage.rl_reasoning)
+    """(cfg, dist, GRPOTrainer) for the smoke config from ``base`` (no run directory)."""
+    cfg, _ = compose(["conf=smoke", f"model.path={base}", *overrides])
+    rl, dist = cfg.stage.rl_reasoning, init_distributed()
+    tokenizer = load_tokenizer(base)
+    trainer = build_grpo_trainer(
+        cfg,
+        rl,
+        "rl_reasoning",
+        base,
+        tokenizer,
+        dist,
+        rewards=RuleRewards(cfg.task, rl),
+        prompts=SeededPrompts([], rl, cfg.run.seed),  # train_on only: never sampled
+    )
+    return cfg, dist, trainer
 
 
 def main() -> None:
     base, out, *overrides = sys.argv[1:]
-    cfg, ctx, trainer = build_trainer(base, overrides)
+    cfg, dist, trainer = build_trainer(base, overrides)
     rl = cfg.stage.rl_reasoning
     n = rl.prompts_per_step * rl.group_size
     full = global_batch(n, rl.group_size, 6, 9, len(trainer.tokenizer))
-    per = n // ctx.dist.world_size
-    sl = slice(ctx.dist.rank * per, (ctx.dist.rank + 1) * per)
+    per = n // dist.world_size
+    sl = slice(dist.rank * per, (dist.rank + 1) * per)
     mine = Rollout(
         full.input_ids[sl],
         full.attention_mask[sl],
@@ -61,7 +76,7 @@ def main() -> None:
     with deepspeed.zero.GatheredParameters(params, enabled=cfg.deepspeed.zero_stage == 3):
         psum = float(sum(p.detach().double().sum() for p in params))
         pabs = float(sum(p.detach().double().abs().sum() for p in params))
-    if ctx.dist.is_main:
+    if dist.is_main:
         Path(out).write_text(json.dumps({"stats": stats, "param_sum": psum, "param_abs_sum": pabs}))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import deepspeed
 import torch
 
-from r1pipe.config.schema import DeepSpeedConfig
+from r1pipe.config.schema import DeepSpeedConfig, OptimizerConfig
 from r1pipe.training.dist import init_distributed
 from r1pipe.training.engine import NonFiniteTraining, TrainEngine
 
@@ -39,16 +39,16 @@ def main() -> None:
         model,
         ds_cfg=DeepSpeedConfig(zero_stage=zero),
         dist=dist,
-        lr=1e-2,
-        weight_decay=0.0,
-        betas=(0.9, 0.999),
+        optim=OptimizerConfig(
+            lr=1e-2,
+            adam_beta2=0.999,
+            lr_scheduler="constant",
+            warmup_ratio=0.0,
+            min_lr_ratio=0.0,
+            micro_batch_size=2,
+        ),
         total_steps=10,
-        warmup_steps=0,
-        lr_scheduler="constant",
-        min_lr_ratio=0.0,
-        micro_batch_size=2,
         grad_accum=2,
-        max_grad_norm=1.0,
         max_nonfinite_steps=3,
     )
     engine.zero3 = zero == 3

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from r1pipe.config import compose
-from r1pipe.data.general import GeneralExample
+from r1pipe.data.general import GeneralExample, example_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
 from r1pipe.generation.base import Completion
 from r1pipe.models import build_char_tokenizer
-from r1pipe.rejection import acceptance_stats
-from r1pipe.stages.rejection_sft import RejectionSampler, choose_prompts, sft_examples
+from r1pipe.rejection import acceptance_stats, sft_examples
+from r1pipe.stages.rejection_sft import RejectionSampler, choose_prompts
 from r1pipe.training.dist import DistInfo
 
 
@@ -229,7 +229,11 @@ def test_sft_examples_give_general_rows_no_task_instruction():
     rows = sampler().sample_reasoning(EXAMPLES) + sampler(
         general_mix=1.0, min_general=0
     ).general_rows(GENERAL, 2)
-    examples, prompt_fn = sft_examples(rows, task)
+    examples = sft_examples(rows)
+
+    def prompt_fn(e, tok):
+        return example_prompt(e, task, tok)
+
     assert len(examples) == 2 + 2
     tok = build_char_tokenizer()
     reasoning = next(e for e in examples if e.question == "12+30=?")

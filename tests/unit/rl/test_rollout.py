@@ -5,7 +5,6 @@ the advantages, all worked out by hand."""
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +13,9 @@ from r1pipe.config import compose
 from r1pipe.data.types import Example
 from r1pipe.generation.base import Completion
 from r1pipe.models import build_char_tokenizer
-from r1pipe.stages.rl_reasoning import GRPOTrainer, Scores
+from r1pipe.rl.scoring import Scores
+from r1pipe.rl.trainer import GRPOTrainer
+from r1pipe.training.dist import DistInfo
 
 G = 4
 # Each prompt's group: (accuracy, format, finish_reason) per completion.
@@ -56,19 +57,22 @@ def scripted_rewards(examples, completions):
 
 
 def make_trainer(rounds: list[list[str]], **rl_overrides) -> tuple[GRPOTrainer, ScriptedGenerator]:
-    """A trainer with only what rollout() reads: round r's prompts are ``rounds[r]``."""
+    """A trainer with no engine (rollout() does not train): round r's prompts are
+    ``rounds[r]``."""
     cfg, _ = compose(["conf=smoke"])
     rl = replace(cfg.stage.rl_reasoning, group_size=G, prompts_per_step=2, **rl_overrides)
-    trainer = object.__new__(GRPOTrainer)
-    trainer.rl, trainer.cfg = rl, cfg
-    trainer.dist = SimpleNamespace(rank=0, world_size=1)
-    trainer.prompts_per_rank = 2
-    trainer.tokenizer = build_char_tokenizer()
-    trainer.generator = ScriptedGenerator()
-    trainer.reward_fn = scripted_rewards
-    trainer.min_new_tokens = 0
-    trainer.prompt_batch = lambda step, rnd: [Example(n, n, "") for n in rounds[rnd]]
-    trainer._prompt_text = lambda ex, tok: ex.question
+    rl = replace(rl, kl_coef=0.0)  # no reference model: rollout() does not train
+    trainer = GRPOTrainer(
+        None,  # type: ignore[arg-type]
+        ScriptedGenerator(),
+        scripted_rewards,
+        lambda step, rnd: [Example(n, n, "") for n in rounds[rnd]],
+        None,
+        rl,
+        DistInfo(0, 1, 0, torch.device("cpu")),
+        tokenizer=build_char_tokenizer(),
+        prompt_text=lambda ex: ex.question,
+    )
     return trainer, trainer.generator
 
 
@@ -86,7 +90,7 @@ def _groups(trainer: GRPOTrainer, batch) -> list[str]:
 def test_dynamic_sampling_drops_groups_flat_in_accuracy_not_in_total():
     rounds = [["allright", "mixed1"], ["mixed2", "allwrong"]]
     trainer, gen = make_trainer(rounds, dynamic_sampling=True, max_sampling_rounds=3)
-    batch, stats = trainer.rollout(0, [])
+    batch, stats = trainer.rollout(0)
     # round 1 kept mixed1 only (allright is flat in accuracy), round 2 added mixed2: done
     assert _groups(trainer, batch) == ["mixed1", "mixed2"]
     assert stats["sampling_rounds"] == 2 and len(gen.calls) == 2
@@ -102,7 +106,7 @@ def test_dynamic_sampling_by_total_reward_keeps_a_group_spread_only_by_format():
     trainer, _ = make_trainer(
         rounds, dynamic_sampling=True, dynamic_sampling_filter="reward", max_sampling_rounds=3
     )
-    batch, stats = trainer.rollout(0, [])
+    batch, stats = trainer.rollout(0)
     assert _groups(trainer, batch) == ["allright", "mixed1"] and stats["sampling_rounds"] == 1
     # the issue's numbers: totals 1.2, 1.2, 1.2, 1.0 -> advantages .5, .5, .5, -1.5
     torch.testing.assert_close(
@@ -113,7 +117,7 @@ def test_dynamic_sampling_by_total_reward_keeps_a_group_spread_only_by_format():
 def test_flat_groups_fill_the_batch_when_rounds_run_out_and_are_counted():
     rounds = [["allright", "allwrong"], ["mixed1", "allwrong"]]
     trainer, _ = make_trainer(rounds, dynamic_sampling=True, max_sampling_rounds=2)
-    batch, stats = trainer.rollout(0, [])
+    batch, stats = trainer.rollout(0)
     # kept: mixed1; flat in the order sampled: allright, allwrong, allwrong -> allright fills
     assert _groups(trainer, batch) == ["mixed1", "allright"]
     assert stats["flat_groups_in_batch"] == 1 and stats["sampling_rounds"] == 2
@@ -124,7 +128,7 @@ def test_flat_groups_fill_the_batch_when_rounds_run_out_and_are_counted():
 
 def test_without_dynamic_sampling_one_round_and_every_group_kept():
     trainer, gen = make_trainer([["allright", "allwrong"]], dynamic_sampling=False)
-    batch, stats = trainer.rollout(0, [])
+    batch, stats = trainer.rollout(0)
     assert _groups(trainer, batch) == ["allright", "allwrong"] and len(gen.calls) == 1
     assert stats["flat_groups_in_batch"] == 0
     assert stats["zero_variance_groups"] == 0.5  # allwrong: every total 0.2
@@ -133,7 +137,7 @@ def test_without_dynamic_sampling_one_round_and_every_group_kept():
 @pytest.mark.parametrize("overlong_filter", [False, True])
 def test_overlong_filter_masks_truncated_completions(overlong_filter):
     trainer, _ = make_trainer([["mixed1", "mixed2"]], overlong_filter=overlong_filter)
-    batch, stats = trainer.rollout(0, [])
+    batch, stats = trainer.rollout(0)
     lengths = [3, 4, 5, 6]  # completion j has 3 + j tokens
     truncated = [c[2] == "length" for c in GROUPS["mixed1"] + GROUPS["mixed2"]]
     assert sum(truncated) == 2 and stats["truncation_rate"] == 0.25

@@ -9,10 +9,11 @@ import pytest
 from r1pipe.config import compose
 from r1pipe.data.types import Example
 from r1pipe.generation.base import Completion
-from r1pipe.stages.rl_all import MixedRewards, PromptMix
+from r1pipe.rl.prompts import PromptMix
+from r1pipe.rl.scoring import BySource, GeneralRewards, RuleRewards
 
 REASONING = [Example(f"add-{i}", f"{i}+1=?", str(i + 1)) for i in range(20)]
-GENERAL = [Example(f"general-{i}", f"Say hello {i}.", "") for i in range(6)]
+GENERAL = [Example(f"general-{i}", f"Say hello {i}.", "", source="general") for i in range(6)]
 
 
 def _rl(**overrides):
@@ -42,6 +43,15 @@ def test_prompt_mix_rounds_to_at_least_one_general_prompt():
     assert PromptMix(REASONING, GENERAL, rl, world_size=1, seed=0).general_per_rank(3) == 0
 
 
+def mixed_rewards(cfg, rl, world_size, scorers):
+    """rl-all's reward function, as the stage builds it."""
+    return BySource(
+        {"reasoning": RuleRewards(cfg.task, rl), "general": GeneralRewards(rl, scorers)},
+        rl.group_size,
+        world_size,
+    )
+
+
 def _completion(text: str) -> Completion:
     return Completion(0, text, list(range(len(text))), None, "stop")
 
@@ -60,12 +70,8 @@ def test_mixed_rewards_rule_rewards_for_reasoning_reward_models_for_general():
         shown["harmlessness"] += responses
         return [-1.0 if "stupid" in r else 0.0 for r in responses]
 
-    rewards = MixedRewards(
-        cfg,
-        rl,
-        world_size=1,
-        general_ids={e.id for e in GENERAL},
-        scorers={"helpfulness": helpfulness, "harmlessness": harmlessness},
+    rewards = mixed_rewards(
+        cfg, rl, world_size=1, scorers={"helpfulness": helpfulness, "harmlessness": harmlessness}
     )
     examples = [REASONING[0], GENERAL[0]]  # reference "1"; a greeting
     texts = [
@@ -94,9 +100,7 @@ def test_mixed_rewards_rule_rewards_for_reasoning_reward_models_for_general():
 
 def test_mixed_rewards_reasoning_only_batch_has_no_general_metrics():
     cfg, rl = _rl(group_size=2)
-    rewards = MixedRewards(
-        cfg, rl, 2, {e.id for e in GENERAL}, {"helpfulness": None, "harmlessness": None}
-    )
+    rewards = mixed_rewards(cfg, rl, 2, {"helpfulness": None, "harmlessness": None})
     texts = ["<think>x</think> <answer>2</answer>", "no"]
     means = rewards([REASONING[1]], [_completion(t) for t in texts]).means
     assert means["general/prompts"] == 0 and means["reasoning/prompts"] == 2  # 2 ranks

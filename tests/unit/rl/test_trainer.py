@@ -1,0 +1,179 @@
+"""GRPOTrainer built from its parts (a tiny model, a fake generator, two rule rewards, a
+reference) and run for two steps by the fit loop on CPU, with no run directory and no process
+group; the loss of each step checked against a value worked out by hand from the rewards,
+the completion lengths and a plain forward pass."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+
+from r1pipe.config import compose
+from r1pipe.data.types import Example
+from r1pipe.generation.base import Completion
+from r1pipe.models import build_char_tokenizer, build_tiny_model
+from r1pipe.rl.reference import Reference
+from r1pipe.rl.scoring import RuleRewards
+from r1pipe.rl.trainer import GRPOTrainer
+from r1pipe.training.dist import DistInfo
+from r1pipe.training.loop import Callback, FitOutputs, FitPlan, Records, fit
+
+PROMPT = Example("0", "1+2=?", "3")
+TEXTS = [
+    "<think>1+2=3</think> <answer>3</answer>",  # right, formatted: 1 + 0.5
+    "<think>x</think> <answer>4</answer>",  # wrong, formatted: 0.5
+    "3",  # no tag: no answer, no format: 0
+    "<answer>3</answer>",  # right, no think block: 1
+]
+REWARDS = [1.5, 0.5, 0.0, 1.0]
+KL_COEF, LR = 0.5, 0.05
+
+
+class FakeGenerator:
+    """The same four completions every step; remembers the weight updates it is told of."""
+
+    def __init__(self, tokenizer: Any):
+        self.ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+        self.updates = 0
+
+    def generate(self, prompts, params):
+        assert params.n == len(TEXTS) and prompts == [PROMPT.question]
+        return [
+            [Completion(0, t, ids, None, "stop") for t, ids in zip(TEXTS, self.ids, strict=True)]
+        ]
+
+    def update_weights(self, model) -> None:
+        self.updates += 1
+
+
+class PlainEngine:
+    """The engine contract (summed loss / global normaliser, one optimizer step) in plain
+    torch SGD: no DeepSpeed, so no process group."""
+
+    skipped_steps = 0
+
+    def __init__(self, model: torch.nn.Module):
+        self.module = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def train_step(self, micro_batches, loss_fn, normalizer):
+        self.module.train()
+        total, stats = 0.0, {}
+        for mb in micro_batches:
+            loss_sum, mb_stats = loss_fn(self.module, mb)
+            (loss_sum / normalizer).backward()
+            total += float(loss_sum.detach())
+            for k, v in mb_stats.items():
+                stats[k] = stats.get(k, 0.0) + v
+        self.opt.step()
+        self.opt.zero_grad()
+        return {"loss": total / normalizer, "grad_norm": 0.0, "lr": LR, **stats}
+
+
+class Snapshot(Callback):
+    """A copy of ``model`` as it is after step ``at``."""
+
+    def __init__(self, model: torch.nn.Module, at: int):
+        self.source, self.at, self.model = model, at, None
+
+    def on_step_end(self, done: int, record: dict[str, Any]) -> None:
+        if done == self.at:
+            self.model = copy.deepcopy(self.source).eval()
+
+
+def completion_logprobs_by_hand(model, prompt_ids, completion_ids):
+    """log p(token) of each completion token: one plain forward pass per completion."""
+    out = []
+    for ids in completion_ids:
+        seq = torch.tensor([prompt_ids + ids])
+        with torch.no_grad():
+            logits = model(seq).logits[0].float()
+        logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+        out.append(logp.gather(1, torch.tensor(ids)[:, None])[:, 0])
+    return out
+
+
+def expected_loss(advantages, policy_lp, ref_lp):
+    """Token-mean GRPO loss with mu = 1 (ratio 1, nothing clipped) and k3 KL, by hand."""
+    num, tokens = 0.0, 0
+    for a, lp, rlp in zip(advantages, policy_lp, ref_lp, strict=True):
+        d = rlp - lp
+        k3 = torch.exp(d) - d - 1
+        num += float((-a + KL_COEF * k3).sum())
+        tokens += len(lp)
+    return num / tokens
+
+
+def test_grpo_trainer_two_steps_from_parts_loss_by_hand(tmp_path):
+    cfg, _ = compose(["conf=smoke"])
+    rl = replace(
+        cfg.stage.rl_reasoning,
+        prompts_per_step=1,
+        group_size=len(TEXTS),
+        micro_batch_size=len(TEXTS),
+        mu=1,
+        kl_coef=KL_COEF,
+        ref_update_every=0,
+        temperature=1.0,
+        loss_aggregation="token-mean",
+        scale_rewards_std=True,
+        dynamic_sampling=False,
+        overlong_filter=False,
+        overlong_penalty=False,
+        rewards={"accuracy": 1.0, "format": 0.5},
+    )
+    task = replace(cfg.task, verifier="exact", answer_format="answer_tag")
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(cfg.model, tokenizer, seed=0)
+    start = copy.deepcopy(model)
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    generator = FakeGenerator(tokenizer)
+    reference = Reference(copy.deepcopy(model).requires_grad_(False).eval(), dist)
+    trainer = GRPOTrainer(
+        PlainEngine(model),
+        generator,
+        RuleRewards(task, rl),
+        lambda step, rnd: [PROMPT],
+        reference,
+        rl,
+        dist,
+        tokenizer=tokenizer,
+        prompt_text=lambda e: e.question,
+    )
+    records, after_first = Records(), Snapshot(model, at=1)
+    fit(
+        trainer,
+        FitPlan(total_steps=2, log_every=1, save_every=0, keep_last=1),
+        FitOutputs(checkpoints_dir=tmp_path / "unused", final_dir=None),
+        dist,
+        callbacks=[records, after_first],
+    )
+    assert not torch.distributed.is_initialized() and not (tmp_path / "unused").exists()
+    assert generator.updates == 2  # the generator heard of both steps' new weights
+
+    # advantages by hand: mean 0.75, unbiased std sqrt(1.25 / 3)
+    std = math.sqrt(1.25 / 3)
+    advantages = [(r - 0.75) / (std + 1e-6) for r in REWARDS]
+    first, second = records.records
+    assert first["reward"] == pytest.approx(sum(REWARDS) / 4)
+    assert first["reward/accuracy"] == 0.5 and first["reward/format"] == 0.5
+
+    prompt_ids = tokenizer(PROMPT.question, add_special_tokens=False)["input_ids"]
+    # step 1: the policy is the reference (KL 0): -sum(A_i * n_i) / sum(n_i)
+    lp_start = completion_logprobs_by_hand(start, prompt_ids, generator.ids)
+    want_1 = expected_loss(advantages, lp_start, lp_start)
+    n = [len(ids) for ids in generator.ids]
+    assert want_1 == pytest.approx(-sum(a * k for a, k in zip(advantages, n, strict=True)) / sum(n))
+    assert first["loss"] == pytest.approx(want_1, rel=1e-4, abs=1e-6)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)
+    # step 2: the policy after one SGD step, against the start model as the reference
+    lp_policy = completion_logprobs_by_hand(after_first.model, prompt_ids, generator.ids)
+    want_2 = expected_loss(advantages, lp_policy, lp_start)
+    assert second["kl"] > 1e-6
+    assert second["loss"] == pytest.approx(want_2, rel=1e-4, abs=1e-6)
+    assert second["loss"] != pytest.approx(first["loss"], rel=1e-3)
