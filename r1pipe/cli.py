@@ -72,7 +72,7 @@ def _compose(overrides: list[str] | None, stages: list[str] | None = None):
     """The validated config; with ``stages``, also every file those stages will read and the
     run directory they write (before any of them runs)."""
     from r1pipe.config import compose
-    from r1pipe.config.inputs import validate_inputs
+    from r1pipe.preflight import validate_inputs
 
     cfg, dcfg = compose(list(overrides or []))
     if stages is not None:

@@ -25,9 +25,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from r1pipe.config.schema import STAGE_ORDER
 from r1pipe.errors import UserError
 
-STAGE_ORDER = ("cold-start", "rl-reasoning", "rejection-sft", "rl-all")
 PARENT_STAGE = {
     "rl-reasoning": "cold-start",
     "rejection-sft": "rl-reasoning",

@@ -1,6 +1,6 @@
 """The files a config names, checked before any stage runs.
 
-:func:`validate_inputs` (``r1pipe stage``, ``run-all``, ``distill``) and
+:func:`r1pipe.preflight.validate_inputs` (``r1pipe stage``, ``run-all``, ``distill``) and
 :func:`validate_eval_inputs` (``r1pipe eval``) run in the CLI right after composition, so a
 missing or bad file is one line before any model is built or any run directory touched.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import codecs
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,61 +131,6 @@ def model_dir(path: str, key: str) -> None:
         raise UserError(f"{key}={path}: is a file, not a model directory")
     if not (p / "config.json").is_file():
         raise UserError(f"{key}={path}: not a Hugging Face model directory (no config.json)")
-
-
-def validate_inputs(cfg: R1Config, stages: Iterable[str]) -> None:
-    """Check, before any of ``stages`` runs, every file and directory they read or write.
-
-    Each stage refuses only what it reads: ``r1pipe stage cold-start`` does not care about
-    rl-all's reward models, ``run-all`` checks them before cold-start trains. Data files are
-    read in full with the loaders the stages use, so a bad row, a repeated id or a file that
-    is not UTF-8 is reported now, not after the earlier stages have trained. Model paths are
-    checked on disk; a hub id cannot be checked offline.
-
-    Args:
-        cfg: The composed config.
-        stages: CLI names: ``cold-start``, ``rl-reasoning``, ``rejection-sft``, ``rl-all``,
-            ``distill``.
-
-    Raises:
-        UserError: One line naming the key and the path.
-    """
-    from r1pipe.data.general import load_general
-    from r1pipe.data.tasks import load_task
-
-    stages = list(stages)
-    writable_dir(cfg.run.dir, "run.dir")
-    if cfg.model.path is not None and (
-        not cfg.run.chain or {"cold-start", "distill"} & set(stages)
-    ):
-        model_dir(cfg.model.path, "model.path")
-    if stages:
-        load_task(cfg.task)  # every stage reads the task (rl-all and distill its held-out split)
-    if "rejection-sft" in stages:
-        rs = cfg.stage.rejection_sft
-        key = "stage.rejection_sft"
-        if rs.general_file:
-            load_general(rs.general_file, f"{key}.general_file")
-        judged = rs.verify != "rule" or (rs.cot_for_complex and rs.cot_generator == "judge")
-        if judged and rs.judge.backend == "hf" and rs.judge.path:
-            model_dir(rs.judge.path, f"{key}.judge.path")
-        if rs.start == "base" and rs.base_path:
-            model_dir(rs.base_path, f"{key}.base_path")
-    if "rl-all" in stages:
-        rl = cfg.stage.rl_all
-        key = "stage.rl_all"
-        general = load_general(rl.general_file, f"{key}.general_file")
-        if rl.general_fraction > 0 and len(general) <= rl.general_eval_size:
-            raise UserError(
-                f"{key}.general_file={rl.general_file}: {len(general)} prompts, all held out by "
-                f"{key}.general_eval_size={rl.general_eval_size}; none left to train on"
-            )
-        for kind in ("helpfulness", "harmlessness"):
-            rm = getattr(rl, kind)
-            if rm.weight != 0 and rm.path is not None:
-                model_dir(rm.path, f"{key}.{kind}.path")
-    if "distill" in stages and cfg.stage.distill.samples:
-        check_file(cfg.stage.distill.samples, "stage.distill.samples")
 
 
 def validate_eval_inputs(cfg: R1Config) -> None:

@@ -16,6 +16,9 @@ from omegaconf import MISSING
 
 from r1pipe.errors import UserError
 
+#: The stages of ``run-all``, in order (each reads the previous one's checkpoint).
+STAGE_ORDER = ("cold-start", "rl-reasoning", "rejection-sft", "rl-all")
+
 
 class ConfigError(ValueError, UserError):
     """A config value is inconsistent; the message names the key. A :class:`UserError`, so
@@ -880,8 +883,6 @@ class BenchConfig:
     """``math`` (math-verify), ``numeric`` or ``exact``."""
 
     def __post_init__(self) -> None:
-        from r1pipe.run_dir import STAGE_ORDER
-
         _check(self.limit >= 0, "bench.limit", "must be >= 0")
         _one_of(self.template, "bench.template", ("chat", "r1_zero"))
         _one_of(self.answer_format, "bench.answer_format", ("boxed", "answer_tag", "auto"))

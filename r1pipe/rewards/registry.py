@@ -9,7 +9,7 @@
 Each entry holds the reward's batch scorer: how its pure function is called over a
 :class:`RewardBatch` and how it is protected (see :mod:`r1pipe.rewards.combine`: direct
 ``try/except`` per sample, sandbox threads for code, killable workers for math). The built-in
-scorers live in combine.py, next to those protections.
+scorers live in :mod:`r1pipe.rewards.scorers`, next to those protections.
 
 Adding a reward is one entry here (plus its test): a name, a scorer (written here or pointed
 at), a one-line doc, and, when it needs them, the accuracy verdicts (``needs_correct``) and a
@@ -25,11 +25,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from r1pipe.rewards.combine import (
+from r1pipe.rewards.scorers import (
+    RewardBatch,
+    Scorer,
     check_cosine_length,
     check_kimi_length,
     check_target_language,
@@ -49,34 +50,6 @@ __all__ = [
     "Scorer",
     "general_rule_rewards",
 ]
-
-
-@dataclass(frozen=True)
-class RewardBatch:
-    """A batch of completions and every option a reward may read.
-
-    A general prompt's batch sets only ``completions`` and ``target_language``; the defaults
-    of the other fields are those of a batch without references.
-    """
-
-    completions: Sequence[str]
-    references: Sequence[Any] = ()
-    lengths: Sequence[int] = ()
-    correct: Sequence[bool] = ()
-    """Accuracy verdicts (:func:`~r1pipe.rewards.accuracy.is_correct`), one per completion;
-    filled only when an enabled reward has ``needs_correct``."""
-    group_size: int = 1
-    task_verifier: str = "exact"
-    answer_format: str = "auto"
-    tolerance: float = 1e-6
-    target_language: str = "en"
-    max_len: int = 0
-    timeout_s: float = 5.0
-
-
-#: ``scorer(batch) -> (values, failures)``: one finite value per completion (0 for a sample
-#: that failed) and how many samples failed. It must not raise on a bad sample.
-Scorer = Callable[[RewardBatch], tuple[list[float], int]]
 
 
 @dataclass(frozen=True)

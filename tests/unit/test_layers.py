@@ -6,8 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,13 +32,11 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 # -- the real tree -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="layer refactor of issue 13 under way")
 def test_r1_only_stages_and_cli_import_stages():
     violations = layers.stage_imports(ROOT)
     assert not violations, "\n".join(f"{v.path}:{v.line} imports {v.target}" for v in violations)
 
 
-@pytest.mark.xfail(strict=False, reason="layer refactor of issue 13 under way")
 def test_r2_no_import_cycles():
     cycles = layers.find_cycles(layers.import_graph(ROOT))
     assert not cycles, "\n".join(", ".join(group["modules"]) for group in cycles)

@@ -4,8 +4,9 @@ naming the key or the file, before any stage runs."""
 import pytest
 
 from r1pipe.config import compose
-from r1pipe.config.inputs import validate_eval_inputs, validate_inputs
+from r1pipe.config.inputs import validate_eval_inputs
 from r1pipe.errors import UserError
+from r1pipe.preflight import validate_inputs
 
 
 def _refused(overrides: list[str]) -> str:

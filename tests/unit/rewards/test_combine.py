@@ -10,6 +10,7 @@ import time
 import pytest
 
 from r1pipe.rewards import combine as combine_mod
+from r1pipe.rewards import scorers as scorers_mod
 from r1pipe.rewards.combine import BUILTIN_REWARDS, RewardResult, compute_rewards
 
 
@@ -62,7 +63,7 @@ def test_zero_weight_rewards_are_not_computed(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a zero-weight reward was computed")
 
-    monkeypatch.setattr(combine_mod, "language_consistency_reward", boom)
+    monkeypatch.setattr(scorers_mod, "language_consistency_reward", boom)
     result = _run([GOOD], {"accuracy": 1.0, "language": 0.0})
     assert list(result.per_reward) == ["accuracy"]
     assert "language" not in result.failures
@@ -209,7 +210,7 @@ def test_raising_builtin_on_direct_path_is_counted(monkeypatch):
             raise RuntimeError("boom")
         return 1.0
 
-    monkeypatch.setattr(combine_mod, "format_reward", format_that_fails_on_wrong)
+    monkeypatch.setattr(scorers_mod, "format_reward", format_that_fails_on_wrong)
     result = _run([GOOD, WRONG], {"format": 1.0})
     assert result.per_reward["format"] == [1.0, 0.0]
     assert result.failures == {"format": 1}
@@ -262,7 +263,7 @@ def test_math_accuracy_timeout_is_counted_per_sample(monkeypatch):
         assert timeout_s == 0.2
         return [None if prediction == "5" else True for prediction, _ in pairs]
 
-    monkeypatch.setattr(combine_mod, "verify_math", verify_math)
+    monkeypatch.setattr(scorers_mod, "verify_math", verify_math)
     result = _run(
         [GOOD, WRONG, GOOD, WRONG],
         {"accuracy": 1.0, "cosine_length": 1.0},
@@ -284,7 +285,7 @@ def test_math_accuracy_verifies_each_distinct_answer_once(monkeypatch):
         seen.extend(pairs)
         return [prediction == reference for prediction, reference in pairs]
 
-    monkeypatch.setattr(combine_mod, "verify_math", verify_math)
+    monkeypatch.setattr(scorers_mod, "verify_math", verify_math)
     completions = [GOOD, GOOD, WRONG, UNFORMATTED, GOOD, "<think>x</think> no answer"]
     result = _run(completions, {"accuracy": 1.0}, references=["4", "4", "4", "4", "5", "4"],
                   task_verifier="math")  # fmt: skip
@@ -297,7 +298,7 @@ def test_math_accuracy_verifies_each_distinct_answer_once(monkeypatch):
 def test_more_hung_samples_than_workers_still_returns():
     # Every worker gets stuck; the pool must be replaced instead of deadlocking.
     release = threading.Event()
-    n = 3 * combine_mod._MAX_WORKERS
+    n = 3 * scorers_mod._MAX_WORKERS
     try:
         start = time.perf_counter()
         result = _run(

@@ -10,6 +10,7 @@ import r1pipe.rewards
 from r1pipe.config import compose
 from r1pipe.errors import UserError
 from r1pipe.rewards import combine as combine_mod
+from r1pipe.rewards import scorers as scorers_mod
 from r1pipe.rewards.combine import compute_rewards
 from r1pipe.rewards.registry import (
     GENERAL_REWARDS,
@@ -194,7 +195,7 @@ def test_general_rule_rewards_skip_zero_weights(monkeypatch):
     def boom(*args):
         raise AssertionError("a zero-weight reward was computed")
 
-    monkeypatch.setattr(combine_mod, "language_consistency_reward", boom)
+    monkeypatch.setattr(scorers_mod, "language_consistency_reward", boom)
     assert general_rule_rewards(GENERAL_TEXTS, {"format": 1.0, "language": 0.0}, "en") == {
         "format": [1.0, 1.0, 0.0]
     }
