@@ -56,13 +56,13 @@ MAX_CYCLES_PER_SCC = 50
 # The layers top-down, as the table lists them (a layer not named here comes last).
 LAYER_ORDER = (
     "cli.py", "__main__.py", "stages/", "rl/",
-    "evaluation.py", "report.py", "benchmarks.py", "rejection.py", "preflight.py", "run_dir.py",
-    "models.py", "training/", "generation/", "rewards/", "data/", "config/", "errors.py",
-    "__init__.py",
+    "evaluation.py", "report.py", "benchmarks.py", "rejection_sampler.py", "rejection.py",
+    "preflight.py", "run_dir.py", "models.py", "training/", "generation/", "rewards/", "data/",
+    "config/", "errors.py", "__init__.py",
 )  # fmt: skip
 _TOP = {
-    "evaluation.py", "report.py", "benchmarks.py", "rejection.py", "preflight.py", "run_dir.py",
-    "models.py",
+    "evaluation.py", "report.py", "benchmarks.py", "rejection_sampler.py", "rejection.py",
+    "preflight.py", "run_dir.py", "models.py",
 }  # fmt: skip
 _LIB = {"training/", "generation/", "rewards/", "data/"}
 ANY = frozenset(LAYER_ORDER)

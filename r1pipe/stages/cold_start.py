@@ -36,7 +36,8 @@ from omegaconf import DictConfig
 from r1pipe.config.schema import R1Config
 from r1pipe.data.tasks import load_task
 from r1pipe.errors import UserError
-from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, run_sft, stage_guard
+from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, stage_guard
+from r1pipe.stages.training import run_sft
 
 NAME, KEY = "cold-start", "cold_start"
 

@@ -8,7 +8,7 @@ What it does, in order:
 2. Reads the accepted rows of ``RUN_DIR/rejection-sft/samples.jsonl`` (or
    ``stage.distill.samples``): reasoning rows, and general rows unless ``include_general=false``;
    copies them to ``distill/train.jsonl``, which a resumed run reuses.
-3. SFT with cold-start's code (:func:`r1pipe.stages.common.run_sft`); the held-out
+3. SFT with cold-start's code (:func:`r1pipe.stages.training.run_sft`); the held-out
    evaluation of the student; the teacher's held-out pass@1 (from the manifest) beside it.
 
 Not a stage of ``run-all``: it writes ``RUN_DIR/distill/`` and a ``distill`` manifest entry.
@@ -35,7 +35,8 @@ from r1pipe.data.tasks import load_task
 from r1pipe.errors import UserError
 from r1pipe.rejection import read_samples, sft_examples
 from r1pipe.run_dir import atomic_write_text
-from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, run_sft, stage_guard
+from r1pipe.stages.common import begin_stage, finish_stage, heldout_eval, stage_guard
+from r1pipe.stages.training import run_sft
 from r1pipe.training.dist import barrier
 
 NAME, KEY = "distill", "distill"

@@ -64,10 +64,10 @@ from r1pipe.stages.common import (
     finish_stage,
     fit_prompts,
     heldout_eval,
-    run_grpo,
     stage_guard,
     train_source,
 )
+from r1pipe.stages.training import run_grpo
 from r1pipe.training.dist import barrier, broadcast_object
 from r1pipe.training.metrics import read_metrics
 

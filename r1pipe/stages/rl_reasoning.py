@@ -50,10 +50,10 @@ from r1pipe.stages.common import (
     finish_stage,
     fit_prompts,
     heldout_eval,
-    run_grpo,
     stage_guard,
     train_source,
 )
+from r1pipe.stages.training import run_grpo
 
 NAME, KEY = "rl-reasoning", "rl_reasoning"
 

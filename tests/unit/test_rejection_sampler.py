@@ -13,7 +13,7 @@ from r1pipe.errors import UserError
 from r1pipe.generation.base import Completion
 from r1pipe.models import build_char_tokenizer
 from r1pipe.rejection import acceptance_stats, sft_examples
-from r1pipe.stages.rejection_sft import RejectionSampler, choose_prompts
+from r1pipe.rejection_sampler import RejectionSampler, choose_prompts
 from r1pipe.training.dist import DistInfo
 
 
