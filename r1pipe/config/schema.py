@@ -160,12 +160,15 @@ class CodeConfig:
     apply; a hard time limit inside is the tool's business."""
 
     def __post_init__(self) -> None:
-        _one_of(self.scoring, "task.code.scoring", ("fraction", "all"))
+        from r1pipe.rewards.code import SCORINGS
+        from r1pipe.rewards.isolation import ISOLATIONS
+
+        _one_of(self.scoring, "task.code.scoring", SCORINGS)
         _check(self.timeout_s > 0, "task.code.timeout_s", "must be > 0")
         _check(self.memory_mb > 0, "task.code.memory_mb", "must be > 0")
         _check(self.file_size_mb > 0, "task.code.file_size_mb", "must be > 0")
         _check(bool(self.run_as), "task.code.run_as", "must be auto, current, a user or a uid")
-        _one_of(self.isolation, "task.code.isolation", ("auto", "namespaces", "none"))
+        _one_of(self.isolation, "task.code.isolation", ISOLATIONS)
         _check(self.uid_base >= 1000, "task.code.uid_base", "must be a uid >= 1000")
 
 
@@ -230,7 +233,9 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _one_of(self.kind, "task.kind", ("addition", "jsonl"))
         _one_of(self.answer_format, "task.answer_format", ("answer_tag", "boxed"))
-        _one_of(self.verifier, "task.verifier", ("exact", "numeric", "math", "code"))
+        from r1pipe.rewards.accuracy import VERIFIERS
+
+        _one_of(self.verifier, "task.verifier", VERIFIERS)
         if self.verifier == "code":
             _check(self.kind == "jsonl", "task.verifier", "code needs task.kind=jsonl")
             _check(self.reference == "field", "task.reference", "must be field for code tasks")
@@ -766,11 +771,13 @@ class GenerationConfig:
     gate/up product, prompt keys read once per group); false: the model's own forward."""
 
     def __post_init__(self) -> None:
-        _one_of(self.backend, "generation.backend", ("hf", "vllm"))
+        from r1pipe.generation.base import BACKENDS, HF_DECODERS
+
+        _one_of(self.backend, "generation.backend", BACKENDS)
         # Refused here rather than replaced by hf at run time: a config that asks for vLLM
         # must not silently run the slow path.
         _check(self.backend != "vllm", "generation.backend", VLLM_NOT_BUILT)
-        _one_of(self.decoder, "generation.decoder", ("loop", "generate"))
+        _one_of(self.decoder, "generation.decoder", HF_DECODERS)
         _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")
         _check(

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+#: The generation back ends (``generation.backend``), built by :func:`~r1pipe.generation.build.
+#: build_generator`.
+BACKENDS = ("hf", "vllm")
+#: The hf back end's decoders (``generation.decoder``): r1pipe's loop or transformers'.
+HF_DECODERS = ("loop", "generate")
+
 
 @dataclass
 class SamplingParams:

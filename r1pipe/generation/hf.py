@@ -30,10 +30,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from r1pipe.generation import fused
-from r1pipe.generation.base import Completion, SamplingParams
+from r1pipe.generation.base import HF_DECODERS, Completion, SamplingParams
 from r1pipe.models import count_parameters, has_plain_kv_cache
 
-DECODERS = ("loop", "generate")
+DECODERS = HF_DECODERS
 
 
 class _InPlaceLayer(DynamicLayer):
