@@ -51,10 +51,8 @@ from omegaconf import DictConfig
 
 from r1pipe.config.schema import R1Config, RewardModelConfig, RLAllConfig
 from r1pipe.data.general import example_prompt, general_prompt, load_general
-from r1pipe.data.tasks import load_task
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
-from r1pipe.models import load_tokenizer
 from r1pipe.rewards.reward_model import RewardModel, general_format_reward, preference_rewards
 from r1pipe.rl.prompts import PromptMix
 from r1pipe.rl.scoring import PREFERENCE, BySource, GeneralRewards, RuleRewards
@@ -65,9 +63,8 @@ from r1pipe.stages.common import (
     fit_prompts,
     heldout_eval,
     stage_guard,
-    train_source,
 )
-from r1pipe.stages.training import run_grpo
+from r1pipe.stages.training import rl_task_prompts, run_grpo
 from r1pipe.training.dist import barrier, broadcast_object
 from r1pipe.training.metrics import read_metrics
 
@@ -81,20 +78,12 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         rl = cfg.stage.rl_all
-        reasoning, held_out = load_task(cfg.task)
+        tokenizer, reasoning, held_out = rl_task_prompts(ctx, rl)
         general, general_held_out = split_general(rl, cfg.run.seed)
-        tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
-
-        def text(e: Example) -> str:
-            return example_prompt(e, cfg.task, tokenizer)
-
-        reasoning = fit_prompts(
-            ctx, reasoning, text, tokenizer, reserve=rl.max_new_tokens, where=train_source(cfg)
-        )
         general = fit_prompts(
             ctx,
             general,
-            text,
+            lambda e: example_prompt(e, cfg.task, tokenizer),
             tokenizer,
             reserve=rl.max_new_tokens,
             where=f"stage.{KEY}.general_file={rl.general_file}",

@@ -40,20 +40,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from r1pipe.config.schema import R1Config
-from r1pipe.data.general import example_prompt
-from r1pipe.data.tasks import load_task
-from r1pipe.models import load_tokenizer
 from r1pipe.rl.prompts import SeededPrompts
 from r1pipe.rl.scoring import RuleRewards
 from r1pipe.stages.common import (
     begin_stage,
     finish_stage,
-    fit_prompts,
     heldout_eval,
     stage_guard,
-    train_source,
 )
-from r1pipe.stages.training import run_grpo
+from r1pipe.stages.training import rl_task_prompts, run_grpo
 
 NAME, KEY = "rl-reasoning", "rl_reasoning"
 
@@ -65,16 +60,7 @@ def run(cfg: R1Config, dcfg: DictConfig) -> dict[str, Any]:
         return dict(ctx.skipped.get("metrics", {}))
     with stage_guard(ctx):
         rl = cfg.stage.rl_reasoning
-        examples, held_out = load_task(cfg.task)
-        tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
-        examples = fit_prompts(
-            ctx,
-            examples,
-            lambda e: example_prompt(e, cfg.task, tokenizer),
-            tokenizer,
-            reserve=rl.max_new_tokens,
-            where=train_source(cfg),
-        )
+        tokenizer, examples, held_out = rl_task_prompts(ctx, rl)
         prompts = SeededPrompts(examples, rl, cfg.run.seed)
         metrics = run_grpo(ctx, rl, tokenizer, RuleRewards(cfg.task, rl), prompts, held_out)
         metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))

@@ -210,3 +210,23 @@ def fault_injection() -> list[Callback]:
     """``R1PIPE_FAULT_AT_STEP=N`` in the environment: a :class:`FaultAtStep` (test hook)."""
     at = os.environ.get("R1PIPE_FAULT_AT_STEP")
     return [FaultAtStep(int(at))] if at else []
+
+
+def rl_task_prompts(ctx: StageContext, rl: GRPOConfig) -> tuple[Any, list[Example], list[Example]]:
+    """The start model's tokenizer, the task's train prompts that leave ``max_new_tokens`` of
+    its context free (the others skipped or refused per ``task.overlong_prompts``), and the
+    held-out split."""
+    from r1pipe.data.tasks import load_task
+
+    cfg = ctx.cfg
+    train, held_out = load_task(cfg.task)
+    tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
+    train = fit_prompts(
+        ctx,
+        train,
+        lambda e: example_prompt(e, cfg.task, tokenizer),
+        tokenizer,
+        reserve=rl.max_new_tokens,
+        where=train_source(cfg),
+    )
+    return tokenizer, train, held_out
