@@ -273,7 +273,6 @@ def write_report(run_dir: str | Path) -> Path:
             stale.unlink()
 
     benches = benchmark_results(run.path)
-    bench_names = sorted({b for per in benches.values() for b in per})
     esc = html.escape
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -286,6 +285,28 @@ def write_report(run_dir: str | Path) -> Path:
         "(STAGE/eval.json). Benchmarks: <code>r1pipe eval</code> results under "
         "RUN_DIR/eval/.</p>",
     ]
+    parts += _results_section(run, entries, order, benches)
+    parts += _lineage_section(entries, order)
+    parts += _curves_section(figures)
+    parts += _config_section(run, entries, order)
+    parts.append(
+        "<p class='muted'>TensorBoard: <code>tensorboard --logdir "
+        f"{esc(str(run.path))}</code> (event files beside each metrics.jsonl).</p>"
+    )
+    parts.append("</body></html>\n")
+    index = out / "index.html"
+    index.write_text("\n".join(parts), encoding="utf-8")
+    return index
+
+
+def _results_section(
+    run: RunDir, entries: dict[str, dict[str, Any]], order: list[str], benches: dict[str, Any]
+) -> list[str]:
+    """The per-stage table (held-out and benchmark results), the other checkpoints evaluated
+    into the run, and the benchmarks' details."""
+    esc = html.escape
+    out: list[str] = []
+    bench_names = sorted({b for per in benches.values() for b in per})
     rows = []
     for s in order:
         e = entries[s]
@@ -306,7 +327,7 @@ def write_report(run_dir: str | Path) -> Path:
                 f"{wall:.0f} s" if isinstance(wall, int | float) else "–",
             ]
         )
-    parts.append(
+    out.append(
         _table(
             ["stage", "status", "held-out pass@1", "format rate", "mean tokens"]
             + [esc(b) for b in bench_names]
@@ -316,8 +337,8 @@ def write_report(run_dir: str | Path) -> Path:
     )
     others = [label for label in benches if label not in entries]
     if others:
-        parts.append("<p>Other checkpoints and predictions evaluated into this run:</p>")
-        parts.append(
+        out.append("<p>Other checkpoints and predictions evaluated into this run:</p>")
+        out.append(
             _table(
                 ["evaluated", *[esc(b) for b in bench_names]],
                 [
@@ -352,13 +373,19 @@ def write_report(run_dir: str | Path) -> Path:
                         f"<a href='../eval/{esc(label)}/{esc(b)}/eval.json'>eval.json</a>",
                     ]
                 )
-        parts.append("<details><summary>Benchmark details</summary>")
-        parts.append(
+        out.append("<details><summary>Benchmark details</summary>")
+        out.append(
             _table(["evaluated", "benchmark", "scores", "protocol", "samples/s", "file"], detail)
         )
-        parts.append("</details>")
+        out.append("</details>")
+    return out
 
-    parts.append("<h2>Lineage</h2>")
+
+def _lineage_section(entries: dict[str, dict[str, Any]], order: list[str]) -> list[str]:
+    """What each stage started from, wrote and when."""
+    esc = html.escape
+    out: list[str] = []
+    out.append("<h2>Lineage</h2>")
     lineage = []
     for s in order:
         e = entries[s]
@@ -373,39 +400,44 @@ def write_report(run_dir: str | Path) -> Path:
                 esc(str(e.get("resumed_from") or e.get("error") or "")),
             ]
         )
-    parts.append(
+    out.append(
         _table(
             ["stage", "starts from", "checkpoint", "config hash", "started", "ended", "note"],
             lineage,
         )
     )
+    return out
 
-    parts.append("<h2>Training curves</h2>")
+
+def _curves_section(figures: list[Plot]) -> list[str]:
+    """The training-curve plots."""
+    esc = html.escape
+    out: list[str] = []
+    out.append("<h2>Training curves</h2>")
     if figures:
-        parts.append("<div class='plots'>")
+        out.append("<div class='plots'>")
         for p in figures:
-            parts.append(
+            out.append(
                 f"<figure><img src='{p.file}' alt='{esc(p.title)}'>"
                 f"<figcaption>{esc(p.caption)}</figcaption></figure>"
             )
-        parts.append("</div>")
+        out.append("</div>")
     else:
-        parts.append("<p>No stage has logged metrics yet.</p>")
+        out.append("<p>No stage has logged metrics yet.</p>")
+    return out
 
-    parts.append("<h2>Configuration of each stage</h2>")
+
+def _config_section(run: RunDir, entries: dict[str, dict[str, Any]], order: list[str]) -> list[str]:
+    """Each stage's final metrics and config.yaml."""
+    esc = html.escape
+    out: list[str] = []
+    out.append("<h2>Configuration of each stage</h2>")
     for s in order:
         cfg_file = run.stage_dir(s) / "config.yaml"
         text = cfg_file.read_text() if cfg_file.is_file() else "(no config.yaml)"
         final = json.dumps(entries[s].get("metrics") or {}, indent=2)
-        parts.append(
+        out.append(
             f"<details><summary>{esc(s)}</summary><p>Final metrics:</p><pre>{esc(final)}</pre>"
             f"<p>{esc(s)}/config.yaml:</p><pre>{esc(text)}</pre></details>"
         )
-    parts.append(
-        "<p class='muted'>TensorBoard: <code>tensorboard --logdir "
-        f"{esc(str(run.path))}</code> (event files beside each metrics.jsonl).</p>"
-    )
-    parts.append("</body></html>\n")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+    return out
