@@ -4,8 +4,10 @@ the run in the manifest, evaluate on held-out prompts at the end.
 A stage file reads::
 
     ctx = begin_stage("cold-start", "cold_start", cfg, dcfg)   # input, hash, resume, manifest
-    ... the algorithm ...
-    finish_stage(ctx, checkpoint_dir, metrics)                 # eval.json, manifest entry
+    with stage_guard(ctx):                                     # failed/interrupted in the manifest
+        ... build the parts, call the library (r1pipe.stages.training.train runs fit) ...
+        metrics.update(heldout_eval(ctx, ctx.final_dir, held_out))  # eval.json
+        finish_stage(ctx, metrics)                             # manifest entry
 """
 
 from __future__ import annotations
