@@ -83,6 +83,7 @@ def policy_loss(
     kl_coef: float = 0.0,
     loss_aggregation: str = "seq-mean-token-mean",
     max_completion_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
     """The GRPO objective as a loss to minimise, aggregated as a sum.
 
@@ -100,6 +101,8 @@ def policy_loss(
         old_logprobs: ``[N, T]`` under the policy that sampled them (no gradient).
         advantages: ``[N]``.
         mask: ``[N, T]`` bool/0-1, real completion tokens that carry loss.
+        is_weights: ``[N, T]`` importance weights of the policy term for a sampler that is
+            not exactly the trainer (:func:`importance_weights`); None: all 1.
     """
     if loss_aggregation not in LOSS_AGGREGATIONS:
         raise ValueError(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}")
@@ -108,6 +111,8 @@ def policy_loss(
     ratio = torch.exp(logprobs - old_logprobs)  # [N, T]
     clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)  # [N, T]
+    if is_weights is not None:
+        per_token = per_token * is_weights
     kl = torch.zeros_like(per_token)
     if ref_logprobs is not None and kl_coef != 0.0:
         kl = k3_kl(logprobs, ref_logprobs)
@@ -184,3 +189,71 @@ def filter_signal(
     if by == "reward" or accuracy is None:
         return total
     return torch.where(torch.isnan(accuracy), total, accuracy.to(total.dtype))
+
+
+#: How the trainer corrects for a sampler whose log-probs differ from its own (vLLM's kernels,
+#: precision, a stale copy of the weights): ``LEVEL_MODE``. ``token``: a ratio per token;
+#: ``sequence``: the product over the sequence's tokens, applied to all of them. ``truncate``:
+#: ratios clipped into ``[clip_min, clip_max]``; ``mask``: tokens (or sequences) whose ratio
+#: falls outside get weight 0.
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@dataclass
+class ImportanceWeights:
+    weights: torch.Tensor
+    """``[N, T]`` weights of the policy term, no gradient (1 where nothing is corrected)."""
+    abs_diff_sum: torch.Tensor
+    """Sum over real tokens of ``|logp_trainer - logp_sampler|``."""
+    seq_log_ratio_sum: torch.Tensor
+    """Sum over sequences of ``sum_t (logp_trainer - logp_sampler)``."""
+    outside: torch.Tensor
+    """Tokens (token level) or tokens of sequences (sequence level) whose ratio fell outside
+    the bounds, summed."""
+
+
+def importance_weights(
+    logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "sequence_mask",
+    *,
+    clip_min: float = 0.0,
+    clip_max: float = 3.0,
+) -> ImportanceWeights:
+    """Truncated or masked importance sampling between the sampler and the trainer.
+
+    The ratio is ``exp(logp_trainer - logp_sampler)`` per token (or its product over a
+    sequence); ``clip_min = 0`` means no lower bound. A token the sampler gave no log-prob for
+    (NaN) counts as agreeing (ratio 1).
+
+    Args:
+        logprobs: ``[N, T]`` the trainer's log-probs of the sampled tokens (no gradient used).
+        sampler_logprobs: ``[N, T]`` the sampler's.
+        mask: ``[N, T]`` real completion tokens.
+
+    >>> lp = torch.tensor([[0.0, 0.0]]); slp = torch.tensor([[-1.0, 0.5]])
+    >>> w = importance_weights(lp, slp, torch.ones(1, 2), "token_truncate", clip_max=2.0)
+    >>> [round(x, 4) for x in w.weights[0].tolist()]
+    [2.0, 0.6065]
+    """
+    if mode not in IS_MODES:
+        raise ValueError(f"importance sampling mode must be one of {IS_MODES}, got {mode!r}")
+    m = mask.to(logprobs.dtype)
+    diff = torch.nan_to_num((logprobs.detach() - sampler_logprobs) * m, nan=0.0)  # [N, T]
+    level, how = mode.split("_")
+    log_ratio = diff.sum(dim=1, keepdim=True) if level == "sequence" else diff  # [N, 1|T]
+    ratio = torch.exp(log_ratio)
+    low = clip_min if clip_min > 0 else 0.0
+    out = (ratio < low) | (ratio > clip_max)
+    if how == "truncate":
+        weights = ratio.clamp(min=low, max=clip_max)
+    else:
+        weights = ratio.masked_fill(out, 0.0)
+    weights = weights.expand_as(diff) * m
+    return ImportanceWeights(
+        weights=weights,
+        abs_diff_sum=diff.abs().sum(),
+        seq_log_ratio_sum=diff.sum(),
+        outside=(out.expand_as(diff).to(m.dtype) * m).sum(),
+    )
