@@ -411,9 +411,25 @@ class GRPOConfig(OptimizerConfig):
     eval_every: int = 0
     """Held-out evaluation every N steps during RL (0: only at the end)."""
     logprob_chunk_size: int = 2048
+    # -- a sampler that is not the trainer (vLLM)
+    importance_sampling: str = "auto"
+    """Correction for the sampler's log-probs differing from the trainer's: ``token_truncate``,
+    ``token_mask``, ``sequence_truncate``, ``sequence_mask`` (see
+    :func:`r1pipe.rl.grpo.importance_weights`), ``none``, or ``auto``: ``sequence_mask`` with a
+    back end that holds its own copy of the weights (vLLM; TRL 1.16's default mode and bound),
+    ``none`` with hf, which samples from the training model itself."""
+    is_clip_min: float = 0.0
+    """Lower bound of the importance ratio (0: none)."""
+    is_clip_max: float = 3.0
+    """Upper bound of the importance ratio (TRL 1.16: 3.0)."""
+    max_logprob_mismatch: float = 0.5
+    """With a back end that holds its own weights: a step whose mean |logp_trainer -
+    logp_sampler| per token exceeds this stops the run (the weight push did not take: the
+    sampler is a stale policy). 0: no check."""
 
     def check(self, prefix: str) -> None:
         """Validate; ``prefix`` is where this block sits (``stage.rl_reasoning``)."""
+        from r1pipe.rl.grpo import IS_MODES
         p = prefix + "."
         from r1pipe.rewards.registry import REASONING_REWARDS
         from r1pipe.rl.grpo import DYNAMIC_SAMPLING_FILTERS as DS_FILTERS
@@ -434,6 +450,13 @@ class GRPOConfig(OptimizerConfig):
         _check(self.ref_update_every >= 0, p + "ref_update_every", "must be >= 0")
         _check(self.max_sampling_rounds >= 1, p + "max_sampling_rounds", "must be >= 1")
         _one_of(self.dynamic_sampling_filter, p + "dynamic_sampling_filter", DS_FILTERS)
+        _one_of(self.importance_sampling, p + "importance_sampling", ("auto", "none", *IS_MODES))
+        _check(
+            0 <= self.is_clip_min < self.is_clip_max,
+            p + "is_clip_min",
+            f"must be in [0, is_clip_max={self.is_clip_max})",
+        )
+        _check(self.max_logprob_mismatch >= 0, p + "max_logprob_mismatch", "must be >= 0")
         _check(
             not (self.dynamic_sampling and self.dynamic_sampling_filter == "accuracy")
             or self.rewards.get("accuracy", 0) != 0,

@@ -76,4 +76,5 @@ def build_grpo_trainer(
         prompt_text=lambda e: example_prompt(e, cfg.task, tokenizer),
         zero3=zero3,
         log=log,
+        sampler_holds_weights=cfg.generation.backend != "hf",
     )

@@ -36,6 +36,7 @@ from r1pipe.generation.base import Completion, Generator, SamplingParams
 from r1pipe.rl.grpo import (
     filter_signal,
     group_advantages,
+    importance_weights,
     loss_normalizer,
     policy_loss,
     soft_overlong_penalty,
@@ -71,6 +72,7 @@ class Rollout:
     rewards: torch.Tensor  # [N] total reward
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
+    sampler_logprobs: torch.Tensor | None = None  # [N, T] the sampler's; NaN where none
 
     def micro_batches(self, size: int) -> list[dict[str, torch.Tensor]]:
         out = []
@@ -88,6 +90,8 @@ class Rollout:
                 mb["old_logprobs"] = self.old_logprobs[sl, :T]
             if self.ref_logprobs is not None:
                 mb["ref_logprobs"] = self.ref_logprobs[sl, :T]
+            if self.sampler_logprobs is not None:
+                mb["sampler_logprobs"] = self.sampler_logprobs[sl, :T]
             out.append(mb)
         return out
 
@@ -156,6 +160,10 @@ class GRPOTrainer:
         prompt_text: ``example -> prompt text``.
         zero3: The policy is ZeRO-3 partitioned (ranks must run the same forward passes).
         log: One line for the user.
+        sampler_holds_weights: The generator samples from its own copy of the weights
+            (vLLM), not from ``engine.module``: its log-probs are recorded, the mismatch with
+            the trainer's is logged every step (``logprob_mismatch``, ...), corrected per
+            ``cfg.importance_sampling`` and checked against ``cfg.max_logprob_mismatch``.
     """
 
     def __init__(
@@ -172,6 +180,7 @@ class GRPOTrainer:
         prompt_text: Any,
         zero3: bool = False,
         log: Any = None,
+        sampler_holds_weights: bool = False,
     ):
         if cfg.kl_coef > 0 and reference is None:
             raise ValueError("kl_coef > 0 needs a reference model")
@@ -189,6 +198,11 @@ class GRPOTrainer:
         # length groups make a data-dependent number of forward passes; ZeRO-3 ranks must
         # make the same ones (parameters are gathered collectively), so there: one group
         self._bucket_overhead = None if zero3 else BUCKET_OVERHEAD_TOKENS
+        self.is_mode = cfg.importance_sampling
+        if self.is_mode == "auto":
+            self.is_mode = "sequence_mask" if sampler_holds_weights else "none"
+        self.track_sampler = sampler_holds_weights or self.is_mode != "none"
+        self.check_mismatch = sampler_holds_weights and cfg.max_logprob_mismatch > 0
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -239,6 +253,7 @@ class GRPOTrainer:
             top_p=rl.top_p,
             top_k=rl.top_k,
             max_new_tokens=rl.max_new_tokens,
+            return_logprobs=self.track_sampler,
         )
 
     def sample(self, examples: list[Example]) -> tuple[list[Completion], Scores]:
@@ -327,7 +342,10 @@ class GRPOTrainer:
         if self.rl.overlong_filter:
             truncated = torch.tensor([c.finish_reason == "length" for c in completions])
             loss_mask[truncated] = False
-        return Rollout(ids, mask, loss_mask, P, advantages, rewards)
+        batch = Rollout(ids, mask, loss_mask, P, advantages, rewards)
+        if self.track_sampler:
+            batch.sampler_logprobs = sampler_logprobs(completions, comp_mask.shape[1])
+        return batch
 
     def rollout(self, step: int) -> tuple[Rollout, dict[str, Any]]:
         """Sample, score, filter groups, compute advantages and build this rank's batch."""
@@ -417,6 +435,17 @@ class GRPOTrainer:
                 bucket_overhead=self._bucket_overhead,
             )
             old = mb.get("old_logprobs", logprobs.detach())
+            sampler = None
+            # the sampling policy as the trainer sees it, against the sampler
+            if "sampler_logprobs" in mb:
+                sampler = importance_weights(
+                    old.float(),
+                    mb["sampler_logprobs"],
+                    mb["loss_mask"],
+                    "token_truncate" if self.is_mode == "none" else self.is_mode,
+                    clip_min=rl.is_clip_min,
+                    clip_max=rl.is_clip_max,
+                )
             out = policy_loss(
                 logprobs.float(),
                 old.float(),
@@ -428,15 +457,23 @@ class GRPOTrainer:
                 kl_coef=rl.kl_coef,
                 loss_aggregation=rl.loss_aggregation,
                 max_completion_len=rl.max_new_tokens,
+                is_weights=None if sampler is None or self.is_mode == "none" else sampler.weights,
             )
             m = mb["loss_mask"].float()
-            return out.loss_sum, {
+            stats = {
                 "tokens": float(out.num_tokens),
                 "kl_sum": float(out.kl_sum),
                 "clip_low": float(out.clip_low_frac),
                 "clip_high": float(out.clip_high_frac),
                 "entropy_sum": float((entropy * m).sum()),
             }
+            if sampler is not None:
+                stats.update(
+                    mismatch_abs=float(sampler.abs_diff_sum),
+                    mismatch_seq=float(sampler.seq_log_ratio_sum),
+                    is_outside=float(sampler.outside),
+                )
+            return out.loss_sum, stats
 
         totals: dict[str, float] = {}
         for _ in range(rl.mu):
@@ -449,7 +486,11 @@ class GRPOTrainer:
             for k in ("kl_sum", "clip_low", "clip_high", "entropy_sum")
         }
         mu = rl.mu
+        sampler_stats = {}
+        if batch.sampler_logprobs is not None:
+            sampler_stats = self._sampler_stats(totals, tok, n_seq * mu)
         return {
+            **sampler_stats,
             "loss": totals["loss"] / mu,
             "grad_norm": totals["grad_norm"] / mu,
             "lr": totals["lr"] / mu,
@@ -460,3 +501,40 @@ class GRPOTrainer:
             "clip_frac": (sums["clip_low"] + sums["clip_high"]) / max(tok, 1),
             "trained_tokens": tok / mu,
         }
+
+    def _sampler_stats(self, totals: dict[str, float], tokens: float, seqs: float) -> dict:
+        """The sampler/trainer mismatch of this step; raises when it says the sampler is
+        stale."""
+        sums = {
+            k: all_reduce_sum(totals.pop(k, 0.0), self.dist.device)
+            for k in ("mismatch_abs", "mismatch_seq", "is_outside")
+        }
+        stats = {
+            "logprob_mismatch": sums["mismatch_abs"] / max(tokens, 1),
+            "logprob_mismatch_seq": sums["mismatch_seq"] / max(seqs, 1),
+            "is_outside_frac": sums["is_outside"] / max(tokens, 1),
+        }
+        limit = self.rl.max_logprob_mismatch
+        if self.check_mismatch and stats["logprob_mismatch"] > limit:
+            mismatch = stats["logprob_mismatch"]
+            raise StaleSampler(
+                f"the sampler's log-probs differ from the trainer's by {mismatch:.3g}"
+                f" per token on average (limit max_logprob_mismatch={limit}): the weights it "
+                "samples with are not the trainer's (a weight push that did not take?); "
+                "stopping rather than training on a stale policy"
+            )
+        return stats
+
+
+class StaleSampler(UserError):
+    """The generator samples from weights that are not the trainer's."""
+
+
+def sampler_logprobs(completions: list[Completion], width: int) -> torch.Tensor:
+    """``[N, width]`` the sampler's log-prob of each completion token; NaN where it gave none
+    (padding, or a back end without log-probs)."""
+    out = torch.full((len(completions), width), float("nan"))
+    for i, c in enumerate(completions):
+        if c.logprobs:
+            out[i, : len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    return out

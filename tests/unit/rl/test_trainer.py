@@ -177,3 +177,82 @@ def test_grpo_trainer_two_steps_from_parts_loss_by_hand(tmp_path):
     assert second["kl"] > 1e-6
     assert second["loss"] == pytest.approx(want_2, rel=1e-4, abs=1e-6)
     assert second["loss"] != pytest.approx(first["loss"], rel=1e-3)
+
+
+class LogprobGenerator(FakeGenerator):
+    """The four completions with log-probs: the model's own (from ``model``), shifted by
+    ``offset`` (a sampler whose weights or kernels differ)."""
+
+    def __init__(self, tokenizer: Any, model: torch.nn.Module, offset: float):
+        super().__init__(tokenizer)
+        prompt_ids = tokenizer(PROMPT.question, add_special_tokens=False)["input_ids"]
+        self.lps = completion_logprobs_by_hand(model, prompt_ids, self.ids)
+        self.offset = offset
+
+    def generate(self, prompts, params):
+        assert params.return_logprobs  # asked for: the trainer checks the sampler
+        groups = super().generate(prompts, params)
+        for c, lp in zip(groups[0], self.lps, strict=True):
+            c.logprobs = (lp - self.offset).tolist()
+        return groups
+
+
+def _sampler_trainer(offset: float, **rl_overrides):
+    cfg, _ = compose(["conf=smoke"])
+    rl = replace(
+        cfg.stage.rl_reasoning,
+        prompts_per_step=1,
+        group_size=len(TEXTS),
+        micro_batch_size=len(TEXTS),
+        mu=1,
+        kl_coef=0.0,
+        temperature=1.0,
+        loss_aggregation="token-mean",
+        rewards={"accuracy": 1.0, "format": 0.5},
+        **rl_overrides,
+    )
+    task = replace(cfg.task, verifier="exact", answer_format="answer_tag")
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(cfg.model, tokenizer, seed=0)
+    trainer = GRPOTrainer(
+        PlainEngine(model),
+        LogprobGenerator(tokenizer, model, offset),
+        RuleRewards(task, rl),
+        lambda step, rnd: [PROMPT],
+        None,
+        rl,
+        DistInfo(0, 1, 0, torch.device("cpu")),
+        tokenizer=tokenizer,
+        prompt_text=lambda e: e.question,
+        sampler_holds_weights=True,
+    )
+    return trainer
+
+
+def test_sampler_mismatch_is_logged_and_corrected():
+    """A sampler 0.01 nats per token off: the mismatch is logged (mean |d| = 0.01, sequence
+    log-ratio = 0.01 x its length) and the sequence-masked correction keeps every sequence
+    (ratio e^(0.01 n) < 3)."""
+    trainer = _sampler_trainer(0.01)
+    assert trainer.is_mode == "sequence_mask"  # auto, with a sampler holding its own weights
+    record = trainer.train_step(0)
+    n = [len(ids) for ids in trainer.generator.ids]
+    assert record["logprob_mismatch"] == pytest.approx(0.01, abs=1e-5)
+    assert record["logprob_mismatch_seq"] == pytest.approx(0.01 * sum(n) / len(n), rel=1e-3)
+    assert record["is_outside_frac"] == 0.0
+
+
+def test_stale_sampler_stops_the_run():
+    """A sampler 0.8 nats per token off (a push that did not take) stops the run with one
+    message instead of training on a stale policy; 0 switches the check off."""
+    from r1pipe.rl.trainer import StaleSampler
+
+    with pytest.raises(StaleSampler, match="max_logprob_mismatch=0.5"):
+        _sampler_trainer(0.8).train_step(0)
+    trainer = _sampler_trainer(0.8, max_logprob_mismatch=0.0)
+    record = trainer.train_step(0)
+    assert record["logprob_mismatch"] == pytest.approx(0.8, abs=1e-4)
+    # sequence ratio e^(0.8 n) > 3 for every completion but the 1-token "3": masked out
+    n = [len(ids) for ids in trainer.generator.ids]
+    masked = sum(k for k in n if math.exp(0.8 * k) > 3)
+    assert masked < sum(n) and record["is_outside_frac"] == pytest.approx(masked / sum(n))
