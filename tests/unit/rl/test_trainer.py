@@ -86,6 +86,23 @@ class Snapshot(Callback):
             self.model = copy.deepcopy(self.source).eval()
 
 
+def _config(**rl_overrides):
+    """The smoke config with one prompt a step, the four completions in one micro-batch,
+    mu 1, temperature 1, token-mean loss and two rewards (accuracy, format 0.5)."""
+    cfg, _ = compose(["conf=smoke"])
+    rl = replace(
+        cfg.stage.rl_reasoning,
+        prompts_per_step=1,
+        group_size=len(TEXTS),
+        micro_batch_size=len(TEXTS),
+        mu=1,
+        temperature=1.0,
+        loss_aggregation="token-mean",
+        rewards={"accuracy": 1.0, "format": 0.5},
+    )
+    return cfg, replace(rl, **rl_overrides)
+
+
 def completion_logprobs_by_hand(model, prompt_ids, completion_ids):
     """log p(token) of each completion token: one plain forward pass per completion."""
     out = []
@@ -110,22 +127,13 @@ def expected_loss(advantages, policy_lp, ref_lp):
 
 
 def test_grpo_trainer_two_steps_from_parts_loss_by_hand(tmp_path):
-    cfg, _ = compose(["conf=smoke"])
-    rl = replace(
-        cfg.stage.rl_reasoning,
-        prompts_per_step=1,
-        group_size=len(TEXTS),
-        micro_batch_size=len(TEXTS),
-        mu=1,
+    cfg, rl = _config(
         kl_coef=KL_COEF,
         ref_update_every=0,
-        temperature=1.0,
-        loss_aggregation="token-mean",
         scale_rewards_std=True,
         dynamic_sampling=False,
         overlong_filter=False,
         overlong_penalty=False,
-        rewards={"accuracy": 1.0, "format": 0.5},
     )
     task = replace(cfg.task, verifier="exact", answer_format="answer_tag")
     tokenizer = build_char_tokenizer()
@@ -198,19 +206,7 @@ class LogprobGenerator(FakeGenerator):
 
 
 def _sampler_trainer(offset: float, **rl_overrides):
-    cfg, _ = compose(["conf=smoke"])
-    rl = replace(
-        cfg.stage.rl_reasoning,
-        prompts_per_step=1,
-        group_size=len(TEXTS),
-        micro_batch_size=len(TEXTS),
-        mu=1,
-        kl_coef=0.0,
-        temperature=1.0,
-        loss_aggregation="token-mean",
-        rewards={"accuracy": 1.0, "format": 0.5},
-        **rl_overrides,
-    )
+    cfg, rl = _config(kl_coef=0.0, **rl_overrides)
     task = replace(cfg.task, verifier="exact", answer_format="answer_tag")
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(cfg.model, tokenizer, seed=0)
