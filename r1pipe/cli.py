@@ -202,9 +202,12 @@ def _eval_overrides(overrides: list[str]) -> list[str]:
 def eval_cmd(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
         from r1pipe.config.inputs import validate_eval_inputs
+        from r1pipe.preflight import check_backend
 
         cfg, _ = _compose(_eval_overrides(list(overrides or [])))
         validate_eval_inputs(cfg)
+        if not cfg.bench.predictions:  # scoring a predictions file generates nothing
+            check_backend(cfg)
         _quiet()
         from r1pipe.evaluation import run_eval
 

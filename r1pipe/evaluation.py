@@ -600,7 +600,15 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         where=source,
         log=lambda msg: log(f"[bold cyan]\\[eval][/] {msg}"),
     )
-    generator = build_generator(model, tokenizer, cfg.generation, batch_size=ev.batch_size)
+    generator = build_generator(
+        model,
+        tokenizer,
+        cfg.generation,
+        batch_size=ev.batch_size,
+        model_path=checkpoint,
+        dist=dist,
+        seed=cfg.run.seed,
+    )
     log(
         f"[bold cyan]\\[eval][/] {checkpoint} on {source}: {len(examples)} problems x "
         f"k={ev.num_samples}, temperature {ev.temperature}, top-p {ev.top_p}, max "

@@ -31,6 +31,7 @@ def validate_inputs(cfg: R1Config, stages: Iterable[str]) -> None:
         UserError: One line naming the key and the path.
     """
     stages = list(stages)
+    check_backend(cfg)
     writable_dir(cfg.run.dir, "run.dir")
     if cfg.model.path is not None and (
         not cfg.run.chain or {"cold-start", "distill"} & set(stages)
@@ -63,3 +64,17 @@ def validate_inputs(cfg: R1Config, stages: Iterable[str]) -> None:
                 model_dir(rm.path, f"{key}.{kind}.path")
     if "distill" in stages and cfg.stage.distill.samples:
         check_file(cfg.stage.distill.samples, "stage.distill.samples")
+
+
+def check_backend(cfg: R1Config) -> None:
+    """The generation back end asked for can be imported (vllm is an optional extra).
+
+    Raises:
+        UserError: One line saying how to install it, or to use ``generation=hf``.
+    """
+    import importlib.util
+
+    if cfg.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        from r1pipe.generation.vllm import VLLM_MISSING
+
+        raise UserError(VLLM_MISSING)

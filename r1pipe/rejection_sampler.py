@@ -68,6 +68,9 @@ class RejectionSampler:
 
     def close(self) -> None:
         """Free the models before SFT loads its own."""
+        close = getattr(self.policy, "close", None)
+        if close is not None:  # a vLLM engine holds its memory until closed
+            close()
         self.policy = self._judge = None  # type: ignore[assignment]
         gc.collect()
         if torch.cuda.is_available():

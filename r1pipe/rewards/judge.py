@@ -269,7 +269,11 @@ def build_judge(cfg: JudgeConfig, device: Any, generation: GenerationConfig | No
         tokenizer = load_tokenizer(cfg.path)
         model = load_model(cfg.path, spec, dtype=resolve_dtype(spec, device)).to(device)
         generator = build_generator(
-            model, tokenizer, generation or GenerationConfig(), batch_size=cfg.batch_size
+            model,
+            tokenizer,
+            generation or GenerationConfig(),
+            batch_size=cfg.batch_size,
+            model_path=cfg.path,
         )
         return HFJudge(generator, tokenizer, cfg.max_new_tokens)
     raise ValueError(f"judge backend {cfg.backend!r} cannot be built")

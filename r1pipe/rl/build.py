@@ -60,7 +60,16 @@ def build_grpo_trainer(
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
     )
     zero3 = cfg.deepspeed.zero_stage == 3
-    generator = build_generator(engine.module, tokenizer, cfg.generation, synced_gpus=zero3)
+    generator = build_generator(
+        engine.module,
+        tokenizer,
+        cfg.generation,
+        synced_gpus=zero3,
+        model_path=start_model,
+        dist=dist,
+        seed=cfg.run.seed,
+        training=True,
+    )
     reference = None
     if rl.kl_coef > 0:
         reference = Reference.load(start_model, cfg.model, dist, bf16=engine.bf16, zero3=zero3)

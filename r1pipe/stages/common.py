@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -353,6 +352,7 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
     works the same after ZeRO-3 and needs no gathered training weights.
     """
     from r1pipe.data.templates import build_prompt
+    from r1pipe.generation.build import build_generator
     from r1pipe.models import resolve_dtype
 
     cfg = ctx.cfg
@@ -367,8 +367,20 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
     )
     model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
     model.to(ctx.dist.device)
-    summary, records = evaluate_sharded(ctx, model, tokenizer, held_out)
-    del model
+    generator = build_generator(
+        model,
+        tokenizer,
+        cfg.generation,
+        batch_size=cfg.eval.batch_size,
+        model_path=checkpoint,
+        dist=ctx.dist,
+        seed=cfg.run.seed,
+    )
+    summary, records = evaluate_sharded(ctx, generator, tokenizer, held_out)
+    close = getattr(generator, "close", None)
+    if close is not None:
+        close()
+    del model, generator
     if ctx.dist.is_main:
         atomic_write_text(ctx.stage_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
         with (ctx.stage_dir / "eval_samples.jsonl").open("w") as f:
@@ -378,24 +390,15 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
 
 
 def evaluate_sharded(
-    ctx: StageContext,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    held_out: list[Example],
-    *,
-    synced_gpus: bool = False,
+    ctx: StageContext, generator: Any, tokenizer: Any, held_out: list[Example]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Each rank evaluates a share of ``held_out`` with ``model`` (the generator of
-    ``cfg.generation``); all ranks get the summary (records only on rank 0)."""
+    """Each rank evaluates a share of ``held_out`` with ``generator``; all ranks get the
+    summary (records only on rank 0)."""
     from r1pipe.evaluation import evaluate_held_out
-    from r1pipe.generation.build import build_generator
 
     cfg = ctx.cfg
-    gen = build_generator(
-        model, tokenizer, cfg.generation, synced_gpus=synced_gpus, batch_size=cfg.eval.batch_size
-    )
     return evaluate_held_out(
-        gen, tokenizer, held_out, cfg.task, cfg.eval, ctx.dist, seed=cfg.run.seed
+        generator, tokenizer, held_out, cfg.task, cfg.eval, ctx.dist, seed=cfg.run.seed
     )
 
 

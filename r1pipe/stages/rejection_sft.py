@@ -132,7 +132,9 @@ def load_sampler(ctx: StageContext, rs: RejectionSFTConfig) -> RejectionSampler:
     tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
     dtype = resolve_dtype(cfg.model, dist.device)
     model = load_model(ctx.start_model, cfg.model, dtype=dtype).to(dist.device)
-    policy = build_generator(model, tokenizer, cfg.generation)
+    policy = build_generator(
+        model, tokenizer, cfg.generation, model_path=ctx.start_model, dist=dist, seed=cfg.run.seed
+    )
     return RejectionSampler(cfg, rs, dist, policy, tokenizer)
 
 

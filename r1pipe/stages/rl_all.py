@@ -195,7 +195,14 @@ def general_eval(
         tokenizer = load_tokenizer(checkpoint)
         model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
         model.to(ctx.dist.device)
-        gen = build_generator(model, tokenizer, cfg.generation, batch_size=cfg.eval.batch_size)
+        gen = build_generator(
+            model,
+            tokenizer,
+            cfg.generation,
+            batch_size=cfg.eval.batch_size,
+            model_path=checkpoint,
+            seed=cfg.run.seed,
+        )
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
         texts = [
             g[0].text
@@ -203,7 +210,10 @@ def general_eval(
                 [general_prompt(e.question, cfg.task, tokenizer) for e in prompts], params
             )
         ]
-        del model
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+        del model, gen
         questions = [e.question for e in prompts]
         parts = preference_rewards(
             questions,

@@ -16,6 +16,7 @@ from rich.progress import Progress
 from r1pipe.config.schema import GRPOConfig, SFTConfig
 from r1pipe.data.general import example_prompt
 from r1pipe.data.types import Example
+from r1pipe.generation.build import build_generator
 from r1pipe.models import load_model, load_tokenizer
 from r1pipe.rl.build import build_grpo_trainer
 from r1pipe.rl.prompts import Prompts
@@ -161,9 +162,16 @@ def run_grpo(
     )
 
     def evaluate(done: int, record: dict[str, Any]) -> None:
-        summary, _ = evaluate_sharded(
-            ctx, trainer.engine.module, tokenizer, held_out, synced_gpus=trainer.zero3
-        )
+        generator = trainer.generator  # a back end with its own weights: they are current
+        if ctx.cfg.generation.backend == "hf":  # the live model, in eval's batch size
+            generator = build_generator(
+                trainer.engine.module,
+                tokenizer,
+                ctx.cfg.generation,
+                synced_gpus=trainer.zero3,
+                batch_size=ctx.cfg.eval.batch_size,
+            )
+        summary, _ = evaluate_sharded(ctx, generator, tokenizer, held_out)
         record.update(
             {f"eval/{k}": v for k, v in summary.items() if k in ("pass@1", "format_rate")}
         )
@@ -175,6 +183,9 @@ def run_grpo(
         info=lambda r: f"reward {r['reward']:.3f} acc {r['accuracy'] or 0:.2f}",
         callbacks=[Every(rl.eval_every, evaluate, rl.max_steps)],
     )
+    close = getattr(trainer.generator, "close", None)
+    if close is not None:  # its memory, before the held-out evaluation starts an engine
+        close()
     keep = ("reward", "accuracy", "format_rate", "response_length_mean", "kl", "entropy")
     return {"steps": rl.max_steps, **{f"train_{k}": result.last.get(k) for k in keep}}
 

@@ -1,5 +1,6 @@
 """`r1pipe stage cold-start` end to end: artifacts, HF export, resume, bad input."""
 
+import importlib.util
 import json
 
 import pytest
@@ -217,14 +218,14 @@ def test_data_row_without_field(tmp_path):
 
 
 def test_vllm_is_refused_before_anything_runs(tmp_path):
-    """The vLLM back end is not built: asking for it fails at composition, never falls
-    back to hf silently, and leaves no trace in the run directory."""
+    """Asking for the vLLM back end where vllm is not installed fails before the stage
+    starts, never falls back to hf silently, and leaves no trace in the run directory."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
     res = cli("stage", "cold-start", "conf=smoke", "generation=vllm", f"run.dir={tmp_path}/r")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.splitlines() == [
-        "error: config error: generation.backend: vllm: the vLLM back end is not built yet "
-        "in this version of r1pipe; use generation=hf"
-    ]
+    assert len(res.stderr.splitlines()) == 1
+    assert res.stderr.startswith("error: generation.backend: vllm is not installed here")
     assert not (tmp_path / "r").exists()
 
 

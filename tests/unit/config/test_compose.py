@@ -18,12 +18,6 @@ REQUIRED = {
     ("task", "math"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
     ("task", "code"): ["task.train_file=a.jsonl", "task.eval_file=b.jsonl"],
 }
-# Options that select the vLLM back end, which is not built yet: refused at composition.
-VLLM = {("generation", "vllm"), ("experiment", "r1_qwen2.5_1.5b"), ("experiment", "r1_llama3.2_1b")}
-VLLM_REFUSAL = (
-    "config error: generation.backend: vllm: the vLLM back end is not built yet in this "
-    "version of r1pipe; use generation=hf"
-)
 
 
 def _options():
@@ -36,15 +30,6 @@ def _options():
 def test_every_yaml_composes(group, option):
     extra = REQUIRED.get((group, option), [])
     key = "conf" if group == "experiment" else group
-    if (group, option) in VLLM:
-        # The refusal comes from the schema's checks, which run only once every key of the
-        # file has merged into the schema; the experiments then compose with hf.
-        with pytest.raises(UserError) as e:
-            compose([f"{key}={option}", *extra])
-        assert str(e.value) == VLLM_REFUSAL
-        if group == "generation":
-            return
-        extra = [*extra, "generation=hf"]
     cfg, dcfg = compose([f"{key}={option}", *extra])
     assert isinstance(cfg, R1Config)
     # The resolved tree round-trips through YAML (what STAGE/config.yaml stores).
@@ -105,8 +90,12 @@ def test_bad_config_one_clear_message(overrides, needle):
         (["stage.rl_all.helpfulness.weight=nan"], "stage.rl_all.helpfulness.weight"),
         (["task.tolerance=-0.1"], "task.tolerance"),
         (["task.num_digits=1", "task.eval_size=81"], "task.eval_size"),  # 9 x 9 problems
-        (["generation=vllm"], "generation.backend"),
-        (["generation.backend=vllm"], "generation.backend"),
+        (["generation.backend=sglang"], "generation.backend"),
+        (
+            ["generation=vllm", "generation.tensor_parallel_size=0"],
+            "generation.tensor_parallel_size",
+        ),
+        (["generation.enable_sleep_mode=maybe"], "generation.enable_sleep_mode"),
     ],
 )
 def test_static_checks_fail_at_composition(overrides, key):

@@ -4,19 +4,15 @@ cannot run here (GPUs, model downloads), so this is what checks them."""
 import pytest
 
 from r1pipe.config import compose
-from r1pipe.errors import UserError
 
 REAL = ["r1_qwen2.5_1.5b", "r1_llama3.2_1b"]
 
 
 @pytest.mark.parametrize("name", REAL)
-def test_real_model_experiment_asks_for_vllm_which_is_refused_until_built(name):
-    with pytest.raises(UserError) as e:
-        compose([f"conf={name}"])
-    assert str(e.value) == (
-        "config error: generation.backend: vllm: the vLLM back end is not built yet in this "
-        "version of r1pipe; use generation=hf"
-    )
+def test_real_model_experiment_asks_for_vllm(name, monkeypatch):
+    monkeypatch.setenv("R1PIPE_DATA", "/data")
+    cfg, _ = compose([f"conf={name}"])
+    assert cfg.generation.backend == "vllm" and cfg.generation.tensor_parallel_size >= 1
 
 
 @pytest.mark.parametrize("name", REAL)

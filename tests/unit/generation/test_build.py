@@ -1,6 +1,8 @@
 """``build_generator``: every knob of ``cfg.generation`` reaches the generator, and a back end
 that cannot be built is refused, never replaced by another."""
 
+import importlib.util
+
 import pytest
 
 from r1pipe.config import compose
@@ -46,9 +48,11 @@ def test_a_caller_batch_size_overrides_the_config(model_tok):
 
 @pytest.mark.parametrize(
     ("backend", "needle"),
-    [("vllm", "vLLM back end is not built yet"), ("sglang", "unknown back end 'sglang'")],
+    [("vllm", "vllm is not installed here"), ("sglang", "unknown back end 'sglang'")],
 )
 def test_a_backend_it_cannot_build_is_refused(model_tok, backend, needle):
+    if backend == "vllm" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
     model, tok = model_tok
     cfg = GenerationConfig()
     cfg.backend = backend  # past the schema, as a config built by hand could be
