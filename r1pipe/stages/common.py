@@ -352,8 +352,6 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
     works the same after ZeRO-3 and needs no gathered training weights.
     """
     from r1pipe.data.templates import build_prompt
-    from r1pipe.generation.build import build_generator
-    from r1pipe.models import resolve_dtype
 
     cfg = ctx.cfg
     tokenizer = load_tokenizer(checkpoint)
@@ -365,6 +363,26 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
         reserve=cfg.eval.max_new_tokens,
         where=f"task.eval_file={cfg.task.eval_file}" if cfg.task.eval_file else "held-out",
     )
+    with checkpoint_generator(ctx, checkpoint, tokenizer) as generator:
+        summary, records = evaluate_sharded(ctx, generator, tokenizer, held_out)
+    if ctx.dist.is_main:
+        atomic_write_text(ctx.stage_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
+        with (ctx.stage_dir / "eval_samples.jsonl").open("w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    return summary
+
+
+@contextmanager
+def checkpoint_generator(
+    ctx: StageContext, checkpoint: Path, tokenizer: Any, *, this_rank_only: bool = False
+) -> Iterator[Any]:
+    """The generator of ``cfg.generation`` over an exported checkpoint (greedy evaluation's
+    batch size), freed on exit; ``this_rank_only``: a generator used by one rank alone."""
+    from r1pipe.generation.build import build_generator
+    from r1pipe.models import resolve_dtype
+
+    cfg = ctx.cfg
     model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
     model.to(ctx.dist.device)
     generator = build_generator(
@@ -373,20 +391,16 @@ def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -
         cfg.generation,
         batch_size=cfg.eval.batch_size,
         model_path=checkpoint,
-        dist=ctx.dist,
+        dist=None if this_rank_only else ctx.dist,
         seed=cfg.run.seed,
     )
-    summary, records = evaluate_sharded(ctx, generator, tokenizer, held_out)
-    close = getattr(generator, "close", None)
-    if close is not None:
-        close()
-    del model, generator
-    if ctx.dist.is_main:
-        atomic_write_text(ctx.stage_dir / "eval.json", json.dumps(summary, indent=2) + "\n")
-        with (ctx.stage_dir / "eval_samples.jsonl").open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-    return summary
+    try:
+        yield generator
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:  # a vLLM engine holds its memory until closed
+            close()
+        del model, generator
 
 
 def evaluate_sharded(

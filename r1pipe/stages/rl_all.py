@@ -59,6 +59,7 @@ from r1pipe.rl.scoring import PREFERENCE, BySource, GeneralRewards, RuleRewards
 from r1pipe.stages.common import (
     StageContext,
     begin_stage,
+    checkpoint_generator,
     finish_stage,
     fit_prompts,
     heldout_eval,
@@ -188,32 +189,16 @@ def general_eval(
     summary: dict[str, Any] = {}
     if ctx.dist.is_main and prompts:
         from r1pipe.generation.base import SamplingParams
-        from r1pipe.generation.build import build_generator
-        from r1pipe.models import load_model, load_tokenizer, resolve_dtype
+        from r1pipe.models import load_tokenizer
 
         cfg = ctx.cfg
         tokenizer = load_tokenizer(checkpoint)
-        model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
-        model.to(ctx.dist.device)
-        gen = build_generator(
-            model,
-            tokenizer,
-            cfg.generation,
-            batch_size=cfg.eval.batch_size,
-            model_path=checkpoint,
-            seed=cfg.run.seed,
-        )
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
-        texts = [
-            g[0].text
-            for g in gen.generate(
+        with checkpoint_generator(ctx, checkpoint, tokenizer, this_rank_only=True) as gen:
+            groups = gen.generate(
                 [general_prompt(e.question, cfg.task, tokenizer) for e in prompts], params
             )
-        ]
-        close = getattr(gen, "close", None)
-        if close is not None:
-            close()
-        del model, gen
+        texts = [g[0].text for g in groups]
         questions = [e.question for e in prompts]
         parts = preference_rewards(
             questions,
