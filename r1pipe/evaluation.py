@@ -636,6 +636,9 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         progress=progress if dist.is_main else None,
     )
     seconds = time.perf_counter() - t0
+    close = getattr(generator, "close", None)
+    if close is not None:  # a vLLM engine: shut down here, not at interpreter exit
+        close()
     if not dist.is_main:
         return {}
     summary: dict[str, Any] = {

@@ -788,6 +788,9 @@ class GenerationConfig:
     """vllm: no CUDA graphs / compilation (``auto``: eager on CPU, graphs on GPU)."""
     max_model_len: int = 0
     """vllm: prompt + completion tokens per sequence; 0: the model's context."""
+    kv_cache_gb: float = 0.0
+    """vllm: KV cache size in GiB; 0: sized from gpu_memory_utilization on GPU, 1 GiB on CPU
+    (where gpu_memory_utilization is a share of host memory, shared with the trainer)."""
     push_timeout_s: float = 300.0
     """vllm: a weight push that takes longer stops the run with an error."""
     decoder: str = "loop"
@@ -809,6 +812,7 @@ class GenerationConfig:
             _one_of(str(getattr(self, key)).lower(), f"generation.{key}", ("auto", "true", "false"))
         _check(self.tensor_parallel_size >= 1, "generation.tensor_parallel_size", "must be >= 1")
         _check(self.max_model_len >= 0, "generation.max_model_len", "must be >= 0")
+        _check(self.kv_cache_gb >= 0, "generation.kv_cache_gb", "must be >= 0")
         _check(self.push_timeout_s > 0, "generation.push_timeout_s", "must be > 0")
         _one_of(self.decoder, "generation.decoder", HF_DECODERS)
         _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -289,13 +290,43 @@ class VLLMGenerator:
         return parts
 
     def close(self) -> None:
-        """Free the engine (before the stage loads the exported model to evaluate it)."""
-        self.llm = None
+        """Shut the engine down and free its memory (before the stage loads the exported
+        model to evaluate it, or another stage starts its own engine)."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
         import gc
 
-        gc.collect()
+        with _keep_default_process_group():
+            client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(client, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+            del llm, client, shutdown
+            gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+@contextmanager
+def _keep_default_process_group() -> Iterator[None]:
+    """While an in-process engine shuts down: vLLM's teardown destroys torch.distributed's
+    default process group (as if it had made it), but the trainer made it and still needs it
+    (the next stage's DeepSpeed engine, the held-out evaluation's gathers). vLLM's own groups
+    are still destroyed."""
+    import torch.distributed as dist
+
+    destroy = dist.destroy_process_group
+
+    def keep_default(group: Any = None) -> None:
+        if group is not None and group is not dist.GroupMember.WORLD:
+            destroy(group)
+
+    dist.destroy_process_group = keep_default
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy
 
 
 def _flag(value: Any, *, auto: bool) -> bool:
@@ -348,6 +379,9 @@ def start_vllm(
         "dtype": dtype,
         "enforce_eager": _flag(gen_cfg.enforce_eager, auto=not cuda),
     }
+    kv_gb = gen_cfg.kv_cache_gb or (0.0 if cuda else 1.0)
+    if kv_gb:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
     if world_size > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"
     llm = vllm.LLM(**kwargs)
