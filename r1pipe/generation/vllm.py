@@ -365,6 +365,11 @@ def start_vllm(
         )
     cuda = torch.cuda.is_available()
     sleep = _flag(gen_cfg.enable_sleep_mode, auto=cuda)
+    eager = _flag(gen_cfg.enforce_eager, auto=not cuda)
+    if eager and not cuda:
+        # vLLM compiles its log-prob rank counting on the first request that asks for
+        # log-probs (12 s on 2 cores; r1pipe itself uses no torch.compile)
+        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     group_seed = seed + rank // tp  # one sampling stream per tensor-parallel group
     kwargs: dict[str, Any] = {
         "model": str(model_path),
@@ -377,7 +382,7 @@ def start_vllm(
         "enable_sleep_mode": sleep,
         "logprobs_mode": "processed_logprobs",
         "dtype": dtype,
-        "enforce_eager": _flag(gen_cfg.enforce_eager, auto=not cuda),
+        "enforce_eager": eager,
     }
     kv_gb = gen_cfg.kv_cache_gb or (0.0 if cuda else 1.0)
     if kv_gb:
