@@ -369,7 +369,9 @@ def start_vllm(
     if eager and not cuda:
         # vLLM compiles its log-prob rank counting on the first request that asks for
         # log-probs (12 s on 2 cores; r1pipe itself uses no torch.compile)
-        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+        from torch._dynamo import config as dynamo_config
+
+        dynamo_config.disable = True  # (TORCHDYNAMO_DISABLE is read when torch is imported)
     group_seed = seed + rank // tp  # one sampling stream per tensor-parallel group
     kwargs: dict[str, Any] = {
         "model": str(model_path),
