@@ -217,6 +217,7 @@ class GRPOTrainer:
         batch, stats = self.rollout(step)
         t1 = time.perf_counter()
         train_stats = self.train_on(batch)
+        t_push = time.perf_counter()
         self.generator.update_weights(self.engine.module)
         t2 = time.perf_counter()
         for k in list(stats):
@@ -228,7 +229,8 @@ class GRPOTrainer:
             **train_stats,
             "accuracy": stats.get("reward/accuracy"),
             "format_rate": stats.get("reward/format"),
-            "time_train": t2 - t1,
+            "time_train": t_push - t1,
+            "time_push": t2 - t_push,
             "time_step": t2 - t0,
             "tokens": stats["generated_tokens"] + train_stats["trained_tokens"],
         }
