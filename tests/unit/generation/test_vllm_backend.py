@@ -253,3 +253,30 @@ def test_missing_vllm_is_one_clear_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     with pytest.raises(ConfigError, match="vllm is not installed here.*generation=hf"):
         import_vllm()
+
+
+def test_hf_weights_under_zero3_on_two_ranks_are_full_and_in_the_same_order(tmp_path):
+    """Each rank holds a shard; the push gathers layer by layer: every rank sends the full
+    tensors, in the same order, equal to the unpartitioned model's."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from clihelpers import torchrun
+
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "w"
+    cmd = torchrun(2, str(root / "tests" / "dist" / "zero3_weights.py"), str(out))
+    res = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    full = json.loads(Path(f"{out}.full.json").read_text())
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}.json").read_text())
+        assert [g[:2] for g in got] == [f[:2] for f in full]  # names, full shapes, order
+        for g, f in zip(got, full, strict=True):
+            assert g[2:] == pytest.approx(f[2:], rel=1e-6, abs=1e-6), g[0]
+    assert any(n == "lm_head.weight" for n, *_ in full)
