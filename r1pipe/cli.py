@@ -5,6 +5,7 @@
     r1pipe eval [OVERRIDES...]
     r1pipe report [OVERRIDES...]
     r1pipe distill [OVERRIDES...]
+    r1pipe doctor [--stage NAME] [--json] [OVERRIDES...]
 
 OVERRIDES use Hydra's grammar (``key=value``, ``group=option``, ``+key=value``); ``conf=``
 picks an experiment (a name under ``conf/experiment/`` or a YAML path). Bad input exits
@@ -249,6 +250,40 @@ def distill(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HE
         distill_stage.run(cfg, dcfg)
     except UserError as e:
         _fail(str(e))
+
+
+@app.command(
+    context_settings=EXTRA,
+    help="Check a config before any training: input files and fields, run directory, chat "
+    "template, EOS/pad tokens, a <think> prefill, world size against the batches, tensor "
+    "parallelism, prompt + max_new_tokens against the context, the judge server, versions "
+    "against the pins, a GPU memory estimate. One line per problem with its fix; exit 0 only "
+    "when none. Same OVERRIDES as `r1pipe stage`.",
+)
+def doctor(
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    stage_name: str | None = typer.Option(
+        None, "--stage", help="Check for this stage only (default: the four of run-all)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as a JSON list."),
+) -> None:
+    try:
+        cfg, _ = _compose(overrides)
+        _quiet()
+        from r1pipe.doctor import RUN_ALL, as_dicts, diagnose, has_problems
+
+        findings = diagnose(cfg, [stage_name] if stage_name else RUN_ALL)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(as_dicts(findings), indent=1))
+    else:
+        for f in findings:
+            color = {"problem": typer.colors.RED, "warning": typer.colors.YELLOW}.get(f.level)
+            typer.secho(f.line(), fg=color)
+    raise typer.Exit(1 if has_problems(findings) else 0)
 
 
 def main() -> None:
