@@ -62,6 +62,9 @@ def deepspeed_config(
 ) -> dict[str, Any]:
     """The DeepSpeed config dict for our settings."""
     zero: dict[str, Any] = {"stage": ds_cfg.zero_stage}
+    if ds_cfg.zero_stage in (1, 2):
+        # optimizer partitions saved so that a run with another number of ranks can load them
+        zero["elastic_checkpoint"] = True
     if ds_cfg.zero_stage == 3:
         zero.update(
             stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4
@@ -207,6 +210,8 @@ class TrainEngine:
             config=self.ds_config,
         )
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.optimizer_restarted = False
+        """The last resume changed the number of ranks: Adam's moments started afresh."""
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self._step_skipped = False
@@ -345,13 +350,33 @@ class TrainEngine:
         return path
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
-        """Restore engine, optimizer, scheduler and this rank's RNG; return the client state."""
+        """Restore engine, optimizer, scheduler and this rank's RNG; return the client state.
+
+        A checkpoint saved by another number of ranks: under ZeRO-0 it loads as it is (nothing
+        is partitioned); under ZeRO-1/2 the model weights and the schedule are restored and the
+        optimizer starts afresh (DeepSpeed cannot re-partition Adam's moments; logged); under
+        ZeRO-3, whose weights are partitioned too, it is refused with how to resume.
+        """
+        saved_world = len(list(path.glob("rng_rank*.pt"))) or self.dist.world_size
+        stage = self.engine.zero_optimization_stage()
+        regroup = saved_world != self.dist.world_size and stage >= 1
+        if regroup and stage == 3:
+            raise UserError(
+                f"{path}: saved by {saved_world} ranks under ZeRO-3, which partitions the weights "
+                f"too; resume with {saved_world} ranks (torchrun --nproc_per_node "
+                f"{saved_world} ...), or start over with run.resume=false"
+            )
         _, client_state = self.engine.load_checkpoint(
             str(path.parent),
             tag=path.name,
-            load_optimizer_states=True,
+            load_optimizer_states=not regroup,
             load_lr_scheduler_states=True,
         )
+        if regroup:
+            # the optimizer's fp32 partitions were built from the initial weights: refresh them
+            # from the loaded ones, or the next step would write the old weights back
+            self.engine.optimizer._restore_from_bit16_weights()
+            self.optimizer_restarted = True
         if client_state is None:
             raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")
         rng_file = path / f"rng_rank{self.dist.rank}.pt"

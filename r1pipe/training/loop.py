@@ -152,6 +152,12 @@ def resume(
         if not any(failed):
             if path != candidates[0]:
                 log(f"resuming from {path.name} instead")
+            if getattr(trainer.engine, "optimizer_restarted", False):
+                log(
+                    f"{path.name} was saved by another number of ranks: model weights, step and "
+                    "schedule restored; the optimizer's moments start afresh (ZeRO partitions "
+                    "them per rank)"
+                )
             return int(state["step"]), path
         errors.append(f"{path.name}: {next(e for e in failed if e)}")
         log(f"checkpoint {path.name} could not be loaded ({errors[-1]})")
