@@ -78,7 +78,26 @@ def _compose(overrides: list[str] | None, stages: list[str] | None = None):
     cfg, dcfg = compose(list(overrides or []))
     if stages is not None:
         validate_inputs(cfg, stages)
+        _start_checks(cfg, stages)
     return cfg, dcfg
+
+
+# The doctor's checks a stage also runs at its start (milliseconds): installed versions
+# against the pins, tensor parallelism against the GPUs. The others are either the stage's
+# own errors (batches vs world size) or only warnings at a start (a node-local run.dir).
+START_CHECKS = ("versions", "tensor_parallel")
+
+
+def _start_checks(cfg, stages: list[str]) -> None:
+    from r1pipe.doctor import PROBLEM, cheap_checks
+
+    problems = [
+        f.line()
+        for f in cheap_checks(cfg, stages)
+        if f.level == PROBLEM and f.check in START_CHECKS
+    ]
+    if problems:
+        raise UserError("; ".join(problems) + " (r1pipe doctor checks the whole set-up)")
 
 
 @app.command(

@@ -225,3 +225,23 @@ def test_the_memory_estimate_against_a_small_gpu(monkeypatch, tmp_path):
         assert over.level == doctor.PROBLEM and "offload_optimizer" in over.fix
     finally:
         subject.close()
+
+
+def test_a_stage_runs_the_cheap_checks_at_its_start():
+    """`r1pipe stage`/`run-all` refuse a set-up the doctor's cheap checks find broken (here:
+    2-way tensor parallelism on a machine with no GPU), before anything runs; the tiny
+    default passes them."""
+    import torch
+
+    from r1pipe import cli
+    from r1pipe.config import compose
+    from r1pipe.errors import UserError
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("two GPUs here: 2-way tensor parallelism is fine")
+    cfg, _ = compose([])
+    cli._start_checks(cfg, ["cold-start"])  # no error
+    cfg.generation.backend = "vllm"
+    cfg.generation.tensor_parallel_size = 2
+    with pytest.raises(UserError, match=r"problem: \[tensor_parallel\]"):
+        cli._start_checks(cfg, ["rl-reasoning"])
