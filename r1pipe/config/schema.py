@@ -943,6 +943,35 @@ class BenchConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Optional copies of every stage's metrics in Weights & Biases and MLflow (TensorBoard
+    and ``metrics.jsonl`` are always written). Their packages are imported only when on and
+    are not r1pipe dependencies: ``pip install wandb`` / ``pip install mlflow-skinny``."""
+
+    wandb: bool = False
+    """Log to W&B: one run per stage, ``EXPERIMENT/STAGE``, grouped by the experiment."""
+    wandb_project: str = "r1pipe"
+    wandb_mode: str = "offline"
+    """``offline`` (files under ``RUN_DIR/wandb``, ``wandb sync`` later) or ``online``."""
+    mlflow: bool = False
+    """Log to MLflow: one run per stage, ``EXPERIMENT/STAGE``, in experiment EXPERIMENT."""
+    mlflow_tracking_uri: str | None = None
+    """null: a file store in ``RUN_DIR/mlruns`` (``mlflow ui --backend-store-uri ...``)."""
+    experiment: str | None = None
+    """W&B group / MLflow experiment; null: the run directory's name."""
+
+    def __post_init__(self) -> None:
+        _one_of(self.wandb_mode, "logging.wandb_mode", ("offline", "online"))
+        _check(bool(self.wandb_project), "logging.wandb_project", "must be a non-empty name")
+        _check(self.experiment != "", "logging.experiment", "must be null or a non-empty name")
+        _check(
+            self.mlflow_tracking_uri != "",
+            "logging.mlflow_tracking_uri",
+            "must be null or a tracking URI",
+        )
+
+
+@dataclass
 class R1Config:
     """The whole configuration tree."""
 
@@ -954,6 +983,7 @@ class R1Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     experiment: str = "tiny"
     """Name of the experiment this config came from (set by the experiment file)."""
 

@@ -6,8 +6,10 @@ share the first; rl-reasoning and rl-all the second)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from r1pipe.stages.common import (
 )
 from r1pipe.training.engine import TrainEngine
 from r1pipe.training.loop import Callback, Every, FitOutputs, FitPlan, FitResult, Trainer, fit
+from r1pipe.training.metrics import TrackerSettings
 from r1pipe.training.order import set_seed
 from r1pipe.training.packing import TokenizedSFT, tokenize_sft
 from r1pipe.training.sft import SFTTrainer, sft_plan, sft_schedule
@@ -55,6 +58,7 @@ def train(
         resume_candidates=ctx.resume_candidates,
         log=ctx.log,
         name=ctx.name,
+        trackers=trackers(ctx),
     )
     progress = ctx.progress()
     with progress:
@@ -71,6 +75,18 @@ def train(
     ctx.resume_from = result.resumed_from
     ctx.log(f"exported {ctx.run_dir.rel(ctx.final_dir)}")
     return result
+
+
+def trackers(ctx: StageContext) -> TrackerSettings | None:
+    """``logging.*`` for :class:`~r1pipe.training.metrics.MetricsLogger`, with the stage's
+    lineage (its parent and config hash, as in the manifest) as tags."""
+    lg = ctx.cfg.logging
+    if not (lg.wandb or lg.mlflow):
+        return None
+    start = ctx.start_model
+    parent = ctx.run_dir.rel(start) if isinstance(start, Path) else str(start)
+    tags = {"parent": parent, "config_hash": ctx.config_hash}
+    return TrackerSettings(**dataclasses.asdict(lg), tags=tags)  # the same fields
 
 
 def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[str, Any]:

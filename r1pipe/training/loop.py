@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from r1pipe.errors import UserError
 from r1pipe.training.dist import DistInfo, all_gather_objects
-from r1pipe.training.metrics import MetricsLogger
+from r1pipe.training.metrics import MetricsLogger, TrackerSettings
 
 
 class Engine(Protocol):
@@ -108,6 +108,8 @@ class FitOutputs:
     """One line for the user (rank 0 prints)."""
     name: str = "training"
     """What is trained (a stage's name), for messages."""
+    trackers: TrackerSettings | None = None
+    """W&B / MLflow copies of the metrics (``logging.*``); None: TensorBoard only."""
 
 
 @dataclass
@@ -197,6 +199,7 @@ def fit(
             outputs.metrics_file,
             enabled=dist.is_main,
             resume_step=start if resumed_from else None,
+            trackers=outputs.trackers,
         )
         if outputs.metrics_file is not None
         else None
