@@ -86,7 +86,7 @@ def trackers(ctx: StageContext) -> TrackerSettings | None:
     start = ctx.start_model
     parent = ctx.run_dir.rel(start) if isinstance(start, Path) else str(start)
     tags = {"parent": parent, "config_hash": ctx.config_hash}
-    return TrackerSettings(**dataclasses.asdict(lg), tags=tags)  # the same fields
+    return TrackerSettings(**dataclasses.asdict(lg), tags=tags)
 
 
 def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[str, Any]:

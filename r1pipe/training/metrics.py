@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r1pipe.config.schema import LoggingConfig
 from r1pipe.errors import UserError
 from r1pipe.run_dir import atomic_write_text
 
@@ -27,19 +28,11 @@ def _clean(v: Any) -> Any:
 
 
 @dataclass
-class TrackerSettings:
-    """Optional W&B / MLflow copies of the metrics (``logging.*`` of the config). Each stage is
-    one tracker run named ``EXPERIMENT/STAGE`` (group: the experiment, by default the run
-    directory's name) with the stage's ``config.yaml`` attached and ``tags`` as lineage."""
+class TrackerSettings(LoggingConfig):
+    """Optional W&B / MLflow copies of the metrics: the config's ``logging.*`` plus the stage's
+    lineage. Each stage is one tracker run named ``EXPERIMENT/STAGE`` (group: the experiment,
+    by default the run directory's name) with the stage's ``config.yaml`` attached."""
 
-    wandb: bool = False
-    wandb_project: str = "r1pipe"
-    wandb_mode: str = "offline"
-    mlflow: bool = False
-    mlflow_tracking_uri: str | None = None
-    """None: ``file:RUN_DIR/mlruns``."""
-    experiment: str | None = None
-    """None: the run directory's name."""
     tags: dict[str, str] = field(default_factory=dict)
     """Lineage, e.g. ``parent`` and ``config_hash`` from the manifest."""
 
