@@ -286,7 +286,14 @@ class OptimizerConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip."""
     micro_batch_size: int = 32
-    """Sequences (SFT) or completions (RL) per forward/backward pass on one rank."""
+    """Sequences (SFT) or completions (RL) per forward/backward pass on one rank, when
+    ``micro_batch_tokens`` is 0."""
+    micro_batch_tokens: str = "auto"
+    """Micro-batches sized in tokens: each carries up to N token positions (rows x row
+    length, padding counted), so a GPU gets large, even passes whatever the lengths; the
+    number of micro-batches then varies from step to step (ranks agree on it every step).
+    ``0``: ``micro_batch_size`` sequences each (what pays on a CPU: small passes); ``auto``:
+    0 on CPU, 16384 on GPU."""
     log_every: int = 10
     """A line of ``metrics.jsonl`` every N steps (and at the last)."""
     save_every: int = 100
@@ -309,6 +316,11 @@ class OptimizerConfig:
         _check(self.adam_eps > 0, p + "adam_eps", "must be > 0")
         _check(self.max_grad_norm > 0, p + "max_grad_norm", "must be > 0")
         _check(self.micro_batch_size > 0, p + "micro_batch_size", "must be > 0")
+        _check(
+            str(self.micro_batch_tokens) == "auto" or str(self.micro_batch_tokens).isdigit(),
+            p + "micro_batch_tokens",
+            f"must be auto or an integer >= 0, got {self.micro_batch_tokens!r}",
+        )
         _check(self.log_every > 0, p + "log_every", "must be > 0")
         _check(self.save_every >= 0, p + "save_every", "must be >= 0")
         _check(self.keep_last >= 1, p + "keep_last", "must be >= 1")
@@ -411,6 +423,12 @@ class GRPOConfig(OptimizerConfig):
     eval_every: int = 0
     """Held-out evaluation every N steps during RL (0: only at the end)."""
     logprob_chunk_size: int = 2048
+    logprob_length_groups: str = "auto"
+    """Log-probs of a micro-batch in groups of rows of similar length, each padded only to
+    its own longest row (fewer padded positions, more calls: pays on a CPU, where a call's
+    fixed cost is small), or in one call per micro-batch (``false``; pays on a GPU, where
+    calls are dear). ``auto``: groups on CPU, one call on GPU. ZeRO-3 always makes one
+    call (ranks must make the same forward passes)."""
     # -- a sampler that is not the trainer (vLLM)
     importance_sampling: str = "auto"
     """Correction for the sampler's log-probs differing from the trainer's: ``token_truncate``,
@@ -445,6 +463,11 @@ class GRPOConfig(OptimizerConfig):
         _check(0 < self.top_p <= 1, p + "top_p", "must be in (0, 1]")
         _check(self.max_new_tokens > 0, p + "max_new_tokens", "must be > 0")
         _check(self.mu >= 1, p + "mu", "must be >= 1")
+        _one_of(
+            str(self.logprob_length_groups).lower(),
+            p + "logprob_length_groups",
+            ("auto", "true", "false"),
+        )
         _check(0 <= self.clip_eps_low < 1, p + "clip_eps_low", "must be in [0, 1)")
         _check(self.clip_eps_high >= 0, p + "clip_eps_high", "must be >= 0")
         _check(self.kl_coef >= 0, p + "kl_coef", "must be >= 0")
@@ -803,6 +826,16 @@ class GenerationConfig:
     """hf ``loop``: decode steps of Qwen2/Llama/Mistral models under 1B parameters (not
     ZeRO-3) in r1pipe's fused step (one q/k/v product with rotary embedding folded in, one
     gate/up product, prompt keys read once per group); false: the model's own forward."""
+    static_batch: str = "auto"
+    """hf ``loop``: keep finished rows in the batch (masked, their tokens discarded) instead
+    of dropping them from the batch and its KV cache, and look for the end of the batch
+    every few steps instead of every step: every step then has the same shapes and no
+    host sync (what a GPU wants; dropping rows pays on a CPU). ``auto``: on GPU. Same
+    tokens and log-probs either way."""
+    cuda_graphs: str = "auto"
+    """hf ``loop`` with the fused step and a static batch, on GPU: capture a decode step
+    once in a CUDA graph and replay it (one launch instead of about a thousand kernels per
+    step). ``auto``: on GPU; ``true`` where there is no GPU is an error."""
 
     def __post_init__(self) -> None:
         from r1pipe.generation.base import BACKENDS, HF_DECODERS
@@ -815,6 +848,8 @@ class GenerationConfig:
         _check(self.kv_cache_gb >= 0, "generation.kv_cache_gb", "must be >= 0")
         _check(self.push_timeout_s > 0, "generation.push_timeout_s", "must be > 0")
         _one_of(self.decoder, "generation.decoder", HF_DECODERS)
+        for key in ("static_batch", "cuda_graphs"):
+            _one_of(str(getattr(self, key)).lower(), f"generation.{key}", ("auto", "true", "false"))
         _check(self.num_threads >= 0, "generation.num_threads", "must be >= 0")
         _check(self.batch_size > 0, "generation.batch_size", "must be > 0")
         _check(
