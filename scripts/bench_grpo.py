@@ -119,7 +119,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -127,6 +126,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_common import FullLength, accuracy_rewards, peak_rss_mib, quiet
+from bench_common import accuracy as _accuracy
 
 CONFIGS = ("r1pipe", "trl")
 MARK = "BENCH_RESULT "
@@ -137,24 +139,6 @@ TRL_MISSING = (
 
 
 # ---- shared set-up (child processes) ---------------------------------------------------
-
-
-def _quiet() -> None:
-    import logging
-    import warnings
-
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    try:
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _overrides(args: argparse.Namespace, run_dir: str | None = None) -> list[str]:
@@ -203,18 +187,6 @@ def _compose(args: argparse.Namespace, run_dir: str | None = None) -> Any:
     return compose(_overrides(args, run_dir))
 
 
-def _accuracy(task: Any, completion: str, reference: str) -> float:
-    from r1pipe.rewards.accuracy import accuracy_reward
-
-    return accuracy_reward(
-        completion,
-        reference,
-        verifier=task.verifier,
-        answer_format=task.answer_format,
-        tolerance=task.tolerance,
-    )
-
-
 def _step_prompts(cfg: Any, train: list[Any], total: int) -> list[list[int]]:
     """Train indices of each step's prompts: exactly r1pipe's (first sampling round)."""
     from r1pipe.training.order import sample_order
@@ -234,10 +206,6 @@ def _cpu_snapshot() -> tuple[float, float]:
     except (OSError, ValueError, IndexError):
         machine = float("nan")
     return machine, own.user + own.system
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _finish(
@@ -290,7 +258,7 @@ def _finish(
         "step_s": step_s,
         "per_step": steps,
         "setup_rss_mib": setup_rss,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         **extra,
@@ -300,32 +268,13 @@ def _finish(
 # ---- r1pipe ---------------------------------------------------------------------------
 
 
-class _FullLength:
-    """A generator that forces every completion to ``max_new_tokens`` (EOS is not sampled
-    before), so that both sides generate and train on the same number of tokens."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-
-    def generate(self, prompts: list[str], params: Any) -> Any:
-        import dataclasses
-
-        forced = dataclasses.replace(params, min_new_tokens=params.max_new_tokens)
-        return self.inner.generate(prompts, forced)
-
-    def update_weights(self, model: Any) -> None:
-        self.inner.update_weights(model)
-
-
 def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
     import deepspeed
-    import torch
 
     from r1pipe.data.tasks import load_task
     from r1pipe.models import load_tokenizer
     from r1pipe.rl.build import build_grpo_trainer
     from r1pipe.rl.prompts import SeededPrompts
-    from r1pipe.rl.scoring import Scores
     from r1pipe.training.dist import init_distributed
     from r1pipe.training.loop import Callback, FitOutputs, FitPlan, fit
 
@@ -334,19 +283,13 @@ def run_r1pipe(args: argparse.Namespace) -> dict[str, Any]:
     train, _ = load_task(task)
     dist = init_distributed()
 
-    def reward_fn(examples: list[Any], completions: list[Any]) -> Any:
-        g = len(completions) // len(examples)
-        r = [_accuracy(task, c.text, examples[i // g].reference) for i, c in enumerate(completions)]
-        acc = torch.tensor(r, dtype=torch.float32)
-        return Scores(acc, {"accuracy": sum(r) / len(r)}, {}, acc)
-
     trainer = build_grpo_trainer(
         cfg, rl, "rl_reasoning", args.model_dir, load_tokenizer(args.model_dir), dist,
-        rewards=reward_fn, prompts=SeededPrompts(train, rl, cfg.run.seed),
+        rewards=accuracy_rewards(task), prompts=SeededPrompts(train, rl, cfg.run.seed),
     )  # fmt: skip
     if not args.allow_eos:
-        trainer.generator = _FullLength(trainer.generator)
-    setup_rss = _peak_rss_mib()
+        trainer.generator = FullLength(trainer.generator)
+    setup_rss = peak_rss_mib()
 
     class Clock(Callback):
         """The steps' records and times: the window starts after the warmup steps."""
@@ -517,7 +460,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             for e in first
         ]
         same_ids = [list(x) for x in trl_ids] == ours
-        setup_rss = _peak_rss_mib()
+        setup_rss = peak_rss_mib()
         trainer.train()
     w = args.warmup
     steps = []
@@ -583,7 +526,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    _quiet()
+    quiet()
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         if args.model_dir is None:  # run on its own: build the model here
             args.model_dir = str(Path(tmp) / "model")
