@@ -57,6 +57,8 @@ def build_generator(
             decoder=gen_cfg.decoder,
             num_threads=gen_cfg.num_threads,
             fused_step=gen_cfg.fused_step,
+            static_batch=gen_cfg.static_batch,
+            cuda_graphs=gen_cfg.cuda_graphs,
         )
     if gen_cfg.backend == "vllm":
         from r1pipe.generation.vllm import import_vllm, start_vllm

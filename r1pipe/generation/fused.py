@@ -20,6 +20,12 @@ Only the decode steps run here; the prompt prefill uses the model's own forward 
 and values are taken from the cache). It computes the same function as the model's
 forward (tests compare the logits step by step and the sampled tokens with the model's
 own forward) and is used only for the classes and options checked by :func:`supported`.
+
+:class:`StaticFusedStep` is the same step with fixed shapes and addresses for a static
+batch (no rows dropped; the completions' keys and values in ``[rows, kv_heads,
+max_new_tokens, D]`` buffers attended with a mask over the columns not written yet; the
+tokens and the step index in device tensors), so that it can be captured once in a CUDA
+graph and replayed: one launch a step instead of about a thousand kernels.
 """
 
 from __future__ import annotations
@@ -162,12 +168,24 @@ class FusedStep:
 
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Logits ``[rows, V]`` after feeding ``tokens [rows]`` as completion token ``t``."""
+        return self._forward(tokens, self.last_pos[self.alive] + 1 + t, t)
+
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        pos: torch.Tensor,
+        t: int | torch.Tensor,
+        own_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The layers for ``tokens [R]`` at positions ``pos [R]``, their keys and values
+        written at completion column ``t``. An int ``t`` attends over columns ``:t + 1``; a
+        one-element tensor (:class:`StaticFusedStep`) over all of them, ``own_bias [T]``
+        (``-inf`` after ``t``) masking the ones not written yet."""
         w = self.w
         H, KV, D = w.H, w.KV, w.D
         R = tokens.shape[0]
         g = H // KV
         qk_width = (H + KV) * D
-        pos = self.last_pos[self.alive] + 1 + t
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [R, 1, D]
         x = w.embed(tokens)
         for li, (ln1, w_qkv, b_qkv, o, ln2, gu, down) in enumerate(w.layers):
@@ -176,18 +194,31 @@ class FusedStep:
             qk_rot = qkv[:, qk_width : 2 * qk_width].view(R, H + KV, D)
             qk = torch.addcmul(qk * cos, qk_rot, sin)
             q = qk[:, :H].reshape(R, KV, g, D)
+            k_new, v_new = qk[:, H:], qkv[:, 2 * qk_width :].view(R, KV, D)
             ck, cv = self.cache[li]
-            ck[:, :, t] = qk[:, H:]
-            cv[:, :, t] = qkv[:, 2 * qk_width :].view(R, KV, D)
-            attn = self._attend(li, q, ck[:, :, : t + 1], cv[:, :, : t + 1])
+            if own_bias is None:
+                ck[:, :, t], cv[:, :, t] = k_new, v_new
+                ck, cv = ck[:, :, : t + 1], cv[:, :, : t + 1]
+            else:
+                ck.index_copy_(2, t, k_new[:, :, None])
+                cv.index_copy_(2, t, v_new[:, :, None])
+            attn = self._attend(li, q, ck, cv, own_bias)
             x = x + F.linear(attn.reshape(R, H * D), *o)
             gate, up = F.linear(_rms(x, *ln2), *gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, *down)
         return w.head(_rms(x, *w.norm))
 
-    def _attend(self, li: int, q: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self,
+        li: int,
+        q: torch.Tensor,
+        ck: torch.Tensor,
+        cv: torch.Tensor,
+        own_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Attention of ``q [R, KV, g, D]`` over its prompt (shared by the group) and its own
-        completion so far; returns ``[R, KV, g, D]``."""
+        completion so far (``ck``/``cv`` columns, plus ``own_bias`` when given); returns
+        ``[R, KV, g, D]``."""
         P, W, n = self.P, self.W, self.n
         R, KV, g, D = q.shape
         pk, pv = self.prompt_kv[li]
@@ -200,7 +231,9 @@ class FusedStep:
         s_prompt = s_prompt.view(P, KV, n, g, W).transpose(1, 2).reshape(P * n, KV, g, W)
         if not self.all_alive:
             s_prompt = s_prompt[self.alive]
-        s_own = torch.matmul(q, ck.transpose(-1, -2))  # [R, KV, g, t + 1]
+        s_own = torch.matmul(q, ck.transpose(-1, -2))  # [R, KV, g, t + 1] (or T)
+        if own_bias is not None:
+            s_own = s_own + own_bias
         probs = torch.cat([s_prompt, s_own], dim=-1).softmax(-1, dtype=torch.float32)
         probs = probs.to(q.dtype)
         p_prompt = probs[..., :W]
@@ -211,3 +244,69 @@ class FusedStep:
         if not self.all_alive:
             out = out[self.alive]
         return out + torch.matmul(probs[..., W:], cv)
+
+
+class StaticFusedStep(FusedStep):
+    """:class:`FusedStep` with every shape and address fixed for the whole batch, so that a
+    step can be captured once in a CUDA graph (:meth:`capture`) and replayed.
+
+    All rows stay in the batch (:meth:`select` is refused; a static batch masks finished
+    rows instead). Each step writes its keys and values into column ``t`` of the
+    completion buffers ``[rows, kv_heads, max_new_tokens, D]`` and attends over all
+    columns, the ones after ``t`` masked with ``-inf`` (the buffers start at zero, so a
+    masked column adds exact zeros: ``0 * NaN`` from uninitialized memory would not). The
+    tokens and ``t`` live in device tensors that :meth:`step` overwrites in place. Without
+    :meth:`capture` (on CPU) it runs eagerly and computes what :class:`FusedStep` computes,
+    up to the order of float additions. Same arguments as :class:`FusedStep`.
+    """
+
+    def __init__(self, *args: object, **kw: object):
+        super().__init__(*args, **kw)
+        for k, v in self.cache:
+            k.zero_()
+            v.zero_()
+        device = self.last_pos.device
+        T = self.cache[0][0].shape[2]
+        self.tokens = torch.zeros_like(self.last_pos)
+        self.t = torch.zeros(1, dtype=torch.long, device=device)
+        self.columns = torch.arange(T, device=device)
+        self.no_bias = torch.zeros(T, dtype=self.prompt_bias.dtype, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def select(self, keep: torch.Tensor) -> None:
+        raise RuntimeError("the static-shaped fused step keeps every row (mask finished ones)")
+
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits ``[rows, V]`` after feeding ``tokens [rows]`` as completion token ``t``.
+        With a captured graph this is its output buffer, overwritten by the next step."""
+        self.tokens.copy_(tokens)
+        self.t.fill_(t)
+        if self.graph is None:
+            return self._static_forward()
+        self.graph.replay()
+        return self.logits
+
+    def _static_forward(self) -> torch.Tensor:
+        own_bias = self.no_bias.masked_fill(self.columns > self.t, float("-inf"))
+        return self._forward(self.tokens, self.last_pos + 1 + self.t, self.t, own_bias)
+
+    def capture(self, warmup: int = 2) -> None:
+        """Record one step in a CUDA graph; :meth:`step` replays it from then on.
+
+        The warm-up steps run on a side stream (as torch's CUDA graph notes ask), the
+        capture on the same one (libraries that cache handles per stream then create them
+        before the capture), with the current inputs; what they write in column ``t`` is
+        overwritten by the real step.
+        """
+        if self.last_pos.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need the model on a CUDA device")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._static_forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=side):
+            self.logits = self._static_forward()

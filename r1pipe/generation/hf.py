@@ -5,12 +5,27 @@ Two decoders behind one ``generate``:
 * ``loop`` (default): r1pipe's own decode loop over the model's forward. The KV cache is
   allocated once per batch at its final length and written in place (transformers'
   ``DynamicCache`` concatenates the whole cache every token, which is quadratic copying
-  and took about half the decode time of the tiny default on CPU), a prompt is prefilled
-  once for its whole group of ``n`` completions, and finished rows are dropped from the
-  batch as it goes. Sampling (temperature, top-k, top-p, min new tokens) is done here.
+  and took about half the decode time of the tiny default on CPU), and a prompt is
+  prefilled once for its whole group of ``n`` completions. Sampling (temperature, top-k,
+  top-p, min new tokens) is done here.
   For Qwen2/Llama/Mistral models the decode steps (not the prefill) run in
   :class:`r1pipe.generation.fused.FusedStep`, which computes the same logits in fewer,
   larger operations and reads each prompt's keys and values once per group.
+
+  Two ways to step a batch (``static_batch``):
+
+  - compacting (the default on CPU): finished rows are dropped from the batch and its KV
+    cache, and the host looks at the sampled tokens every step;
+  - static (the default on GPU): every row stays in the batch, a finished one fed ``pad``
+    and its output discarded (its length fixed at the step it finished); the host looks
+    for the end of the batch only every ``CHECK_EVERY`` steps (every step with stop
+    strings, which are matched on the host), so the GPU is not left waiting for it.
+
+  Both give the same tokens and log-probs for a seed: a batch draws all its uniform
+  numbers up front, one per (step, row), so a row's draws do not depend on the others.
+  With ``cuda_graphs`` (GPU, fused step, static batch), the decode step is
+  :class:`r1pipe.generation.fused.StaticFusedStep` (fixed shapes and addresses), captured
+  once per batch in a CUDA graph and replayed each step; sampling runs outside the graph.
 * ``generate``: ``model.generate`` of transformers, for models whose cache is not a plain
   full-attention KV cache (sliding windows, linear attention, remote code).
 
@@ -34,6 +49,10 @@ from r1pipe.generation.base import HF_DECODERS, Completion, SamplingParams
 from r1pipe.models import count_parameters, has_plain_kv_cache
 
 DECODERS = HF_DECODERS
+#: A static batch looks at the host for the end of the batch every this many steps.
+CHECK_EVERY = 16
+#: The values of ``static_batch`` and ``cuda_graphs``.
+SWITCH = ("auto", "true", "false")
 
 
 class _InPlaceLayer(DynamicLayer):
@@ -124,6 +143,11 @@ class _ForwardStep:
         ).logits[:, -1]
 
 
+_Step = fused.FusedStep | _ForwardStep
+#: A decoded batch: token ids and log-probs ``[rows, T]`` (host) and each row's length.
+_Decoded = tuple[torch.Tensor, torch.Tensor, list[int]]
+
+
 def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The logits the sampler draws from: temperature, then top-k, then top-p (fp32).
 
@@ -163,13 +187,16 @@ def decode_threads(model: PreTrainedModel, num_threads: int) -> int:
     return torch.get_num_threads()
 
 
-def sample_tokens(probs: torch.Tensor) -> torch.Tensor:
+def sample_tokens(probs: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``probs [rows, V]`` by inverse-CDF sampling: one uniform number
-    per row (``torch.multinomial`` draws one exponential per vocabulary entry, about a tenth
-    of the tiny default's decode time). Zero-probability tokens are never drawn."""
+    per row, ``u [rows]`` in ``[0, 1)`` (drawn here when not given; ``torch.multinomial``
+    draws one exponential per vocabulary entry, about a tenth of the tiny default's decode
+    time). Zero-probability tokens are never drawn."""
+    if u is None:
+        u = torch.rand(probs.shape[0], device=probs.device)
     cdf = probs.cumsum(-1)
-    u = (1.0 - torch.rand(probs.shape[0], 1, device=probs.device)) * cdf[:, -1:]  # (0, total]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    x = (1.0 - u[:, None]) * cdf[:, -1:]  # (0, total]
+    return torch.searchsorted(cdf, x).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 @contextmanager
@@ -201,6 +228,12 @@ class HFGenerator:
         fused_step: ``loop``: decode steps of supported models (Qwen2, Llama, Mistral under
             1B parameters, not ZeRO-3) with :class:`r1pipe.generation.fused.FusedStep`
             instead of the model's forward (the prefill always uses the forward).
+        static_batch: ``loop``: ``true``: keep finished rows in the batch, masked, and look
+            for the end every ``CHECK_EVERY`` steps; ``false``: drop them as they end;
+            ``auto``: static when the model is on a CUDA device.
+        cuda_graphs: ``loop``: replay each batch's decode step from a CUDA graph; ``auto``:
+            when the model is on CUDA with the fused step and a static batch; ``true``
+            raises ``ValueError`` when one of those is missing (no GPU, for one).
     """
 
     def __init__(
@@ -212,9 +245,15 @@ class HFGenerator:
         decoder: str = "loop",
         num_threads: int = 0,
         fused_step: bool = True,
+        static_batch: str = "auto",
+        cuda_graphs: str = "auto",
     ):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.static_batch, self.cuda_graphs = str(static_batch).lower(), str(cuda_graphs).lower()
+        for key, value in (("static_batch", self.static_batch), ("cuda_graphs", self.cuda_graphs)):
+            if value not in SWITCH:
+                raise ValueError(f"generation.{key} must be one of {SWITCH}, got {value!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -227,6 +266,11 @@ class HFGenerator:
         self.fused = (
             self.decoder == "loop" and fused_step and not synced_gpus and fused.supported(model)
         )
+        # for tests on CPU: a static batch steps with the static-shaped fused step (what
+        # CUDA graphs capture), without a graph
+        self.static_shapes = False
+        if self.cuda_graphs == "true":  # fail here, not at the first generate call
+            self._loop_modes(next(model.parameters()).device)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -290,13 +334,31 @@ class HFGenerator:
 
         return bool(all_reduce_sum(int(flag), device))
 
+    def _loop_modes(self, device: torch.device) -> tuple[bool, bool]:
+        """``(static batch, CUDA graphs)`` of the decode loop for a model on ``device``."""
+        cuda = device.type == "cuda"
+        static = cuda if self.static_batch == "auto" else self.static_batch == "true"
+        if self.cuda_graphs != "true":
+            return static, self.cuda_graphs == "auto" and cuda and static and self.fused
+        if not cuda:
+            raise ValueError(
+                f"generation.cuda_graphs: true needs the model on a CUDA device (it is on "
+                f"{device}); use auto or false"
+            )
+        if not (static and self.fused):
+            raise ValueError(
+                "generation.cuda_graphs: true needs generation.static_batch (auto or true) and "
+                "the fused step (decoder loop, fused_step true, a supported model, not ZeRO-3)"
+            )
+        return static, True
+
     def _decode_loop(
         self, enc: list[list[int]], params: SamplingParams, weights: fused.FusedWeights | None
     ) -> list[tuple[list[int], list[float]]]:
-        model, tok = self.model, self.tokenizer
+        model = self.model
         device = next(model.parameters()).device
+        static, graphs = self._loop_modes(device)
         n, T = params.n, params.max_new_tokens
-        eos = tok.eos_token_id
         ids, mask = self._left_pad(enc)
         ids, mask = ids.to(device), mask.to(device)
         width = ids.shape[1]
@@ -318,13 +380,61 @@ class HFGenerator:
         if weights is not None:
             prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
             last_pos = pos[:, -1].repeat_interleave(n)
-            step = fused.FusedStep(weights, prompt_kv, mask, n, last_pos, T)
+            static_shapes = graphs or (static and self.static_shapes)
+            kind = fused.StaticFusedStep if static_shapes else fused.FusedStep
+            step = kind(weights, prompt_kv, mask, n, last_pos, T)
+            if graphs:
+                step.capture()
         else:
             step = _ForwardStep(model, cache, mask, pos, n, T)
         if n > 1:
             logits = logits.repeat_interleave(n, dim=0)
         rows = logits.shape[0]
+        # every uniform number the batch can use, one per (step, row): a row's draws do not
+        # depend on which other rows are still in the batch, nor on how many steps it takes
+        u = torch.rand(T, rows, device=device) if params.temperature > 0 else None
+        loop = self._static_steps if static else self._compacting_steps
+        tokens, lps, lengths = loop(step, logits, params, u)
+        return [(tokens[r, :k].tolist(), lps[r, :k].tolist()) for r, k in enumerate(lengths)]
+
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor,
+        params: SamplingParams,
+        t: int,
+        u: torch.Tensor | None,
+        eos: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completion token ``t`` of each row from its ``logits`` (``u``: a uniform number
+        per row; None: greedy), and its log-prob."""
+        scores = process_logits(logits, params)
+        if eos is not None and t < params.min_new_tokens:
+            scores[:, eos] = float("-inf")
+        logp = scores.log_softmax(-1)
+        nxt = scores.argmax(-1) if u is None else sample_tokens(logp.exp(), u)
+        return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
+    def _stop_hits(
+        self, params: SamplingParams, texts: list[str], rows: list[int], tokens: list[int]
+    ) -> torch.Tensor:
+        """Append each row's new token to its recent text; True where a stop string is in it."""
+        keep = max(len(s) for s in params.stop) + 32
+        hits = torch.zeros(len(rows), dtype=torch.bool)
+        for j, (r, tid) in enumerate(zip(rows, tokens, strict=True)):
+            piece = self.tokenizer.decode([tid], skip_special_tokens=False)
+            texts[r] = (texts[r] + piece)[-keep:]
+            hits[j] = any(s in texts[r] for s in params.stop)
+        return hits
+
+    def _compacting_steps(
+        self, step: _Step, logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None
+    ) -> _Decoded:
+        """Decode, dropping finished rows from the batch (and its KV cache) as they end; one
+        host sync a step. Returns tokens and log-probs ``[rows, T]`` and each row's length."""
+        T, eos = params.max_new_tokens, self.tokenizer.eos_token_id
+        rows, device = logits.shape[0], logits.device
         alive = torch.arange(rows, device=device)  # batch row -> output row
+        compacted = False
         # per step: the batch's sampled tokens, their log-probs and output rows; written into
         # [rows, T] once at the end (two scatters per step cost more than the bookkeeping)
         step_tokens: list[torch.Tensor] = []
@@ -333,29 +443,17 @@ class HFGenerator:
         lengths = torch.full((rows,), T, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
         stop_texts = [""] * rows if params.stop else None
-        stop_len = max((len(s) for s in params.stop), default=0)
         for t in range(T):
-            scores = process_logits(logits, params)
-            eos_allowed = eos is not None and t >= params.min_new_tokens
-            if eos is not None and not eos_allowed:
-                scores[:, eos] = float("-inf")
-            logp = scores.log_softmax(-1)
-            if params.temperature == 0:
-                nxt = scores.argmax(-1)
-            else:
-                nxt = sample_tokens(logp.exp())
+            u_t = None if u is None else u[t, alive] if compacted else u[t]
+            nxt, lp = self._sample(logits, params, t, u_t, eos)
             step_tokens.append(nxt)
-            step_lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+            step_lps.append(lp)
             step_rows.append(alive)
+            eos_allowed = eos is not None and t >= params.min_new_tokens
             done = (nxt == eos).cpu() if eos_allowed else None
             if stop_texts is not None:
-                if done is None:
-                    done = torch.zeros(nxt.shape[0], dtype=torch.bool)
-                for j, (r, tid) in enumerate(zip(alive.tolist(), nxt.tolist(), strict=True)):
-                    piece = tok.decode([tid], skip_special_tokens=False)
-                    stop_texts[r] = (stop_texts[r] + piece)[-(stop_len + 32) :]
-                    if any(s in stop_texts[r] for s in params.stop):
-                        done[j] = True
+                hits = self._stop_hits(params, stop_texts, alive.tolist(), nxt.tolist())
+                done = hits if done is None else done | hits
             ending = done is not None and bool(done.any())
             keep = None
             if ending:
@@ -373,6 +471,7 @@ class HFGenerator:
                     sel = keep.nonzero().squeeze(-1).to(device)
                     step.select(sel)
                     alive, nxt = alive[sel], nxt[sel]
+                    compacted = True
             logits = step.step(nxt, t)
         out_tokens = torch.full((rows, T), -1, dtype=torch.long)
         out_lps = torch.zeros((rows, T))
@@ -381,11 +480,49 @@ class HFGenerator:
         where = (torch.cat(step_rows).cpu(), cols)
         out_tokens[where] = torch.cat(step_tokens).cpu()
         out_lps[where] = torch.cat(step_lps).float().cpu()
-        result = []
-        for r in range(rows):
-            k = int(lengths[r])
-            result.append((out_tokens[r, :k].tolist(), out_lps[r, :k].tolist()))
-        return result
+        return out_tokens, out_lps, lengths.tolist()
+
+    def _static_steps(
+        self, step: _Step, logits: torch.Tensor, params: SamplingParams, u: torch.Tensor | None
+    ) -> _Decoded:
+        """Decode with every row kept in the batch: a finished row is fed ``pad`` (its
+        output is discarded; its length was fixed at the step it finished). Without stop
+        strings the host looks at the batch only every ``CHECK_EVERY`` steps, so a step
+        queues its work without waiting for the last one; same results as
+        :meth:`_compacting_steps`."""
+        T, tok = params.max_new_tokens, self.tokenizer
+        eos = tok.eos_token_id
+        fill = next((x for x in (tok.pad_token_id, eos) if x is not None), 0)
+        rows, device = logits.shape[0], logits.device
+        tokens = torch.zeros((rows, T), dtype=torch.long, device=device)
+        lps = torch.zeros((rows, T), device=device)
+        lengths = torch.full((rows,), T, dtype=torch.long, device=device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        stop_texts = [""] * rows if params.stop else None
+        every = 1 if params.stop else CHECK_EVERY  # stop strings need the tokens each step
+        for t in range(T):
+            nxt, lp = self._sample(logits, params, t, None if u is None else u[t], eos)
+            tokens[:, t], lps[:, t] = nxt, lp
+            done = None
+            if eos is not None and t >= params.min_new_tokens:
+                done = nxt == eos
+            if stop_texts is not None:
+                live = (~finished).nonzero().squeeze(-1)
+                hits = self._stop_hits(params, stop_texts, live.tolist(), nxt[live].tolist())
+                stopped = torch.zeros(rows, dtype=torch.bool, device=device)
+                stopped[live] = hits.to(device)
+                done = stopped if done is None else done | stopped
+            if done is not None:
+                ended = done & ~finished
+                lengths.masked_fill_(ended, t + 1)
+                finished |= ended
+            if t == T - 1:
+                break
+            if (t + 1) % every == 0:  # a host sync: is any row of any rank still going?
+                if not self._any_rank(not bool(finished.all()), device):
+                    break
+            logits = step.step(nxt.masked_fill(finished, fill), t)
+        return tokens.cpu(), lps.float().cpu(), lengths.tolist()
 
     def _decode_generate(
         self, enc: list[list[int]], params: SamplingParams
