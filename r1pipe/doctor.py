@@ -172,14 +172,13 @@ def check_world_batches(cfg: R1Config, stages: Iterable[str]) -> list[Finding]:
     world, stages = world_size(), list(stages)
     out = []
     for key, sft in _sft_blocks(cfg, stages):
-        per_step = sft.micro_batch_size * world
-        if sft.global_batch_size % per_step:
+        if sft.global_batch_size % world:
             out.append(
                 Finding(
                     "world_size",
                     f"{key}.global_batch_size={sft.global_batch_size} is not a multiple of "
-                    f"micro_batch_size ({sft.micro_batch_size}) x world size ({world})",
-                    f"{key}.global_batch_size={-(-sft.global_batch_size // per_step) * per_step}",
+                    f"the world size ({world})",
+                    f"{key}.global_batch_size={-(-sft.global_batch_size // world) * world}",
                 )
             )
     for key, rl in _rl_blocks(cfg, stages):

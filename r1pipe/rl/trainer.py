@@ -45,9 +45,10 @@ from r1pipe.rl.grpo import (
 from r1pipe.rl.prompts import Prompts
 from r1pipe.rl.reference import Reference
 from r1pipe.rl.scoring import RewardFn, Scores
-from r1pipe.training.dist import DistInfo, all_reduce_sum
-from r1pipe.training.logprobs import BUCKET_OVERHEAD_TOKENS, completion_logprobs
+from r1pipe.training.dist import DistInfo, all_reduce_max, all_reduce_sum
+from r1pipe.training.logprobs import BUCKET_OVERHEAD_TOKENS, completion_logprobs, shared_prompts
 from r1pipe.training.loop import Engine
+from r1pipe.training.order import micro_batch_tokens
 
 # rollout statistics summed over ranks (the others are averaged)
 SUMMED_STATS = ("reward_failures", "generated_tokens", "flat_groups_in_batch")
@@ -74,11 +75,35 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     sampler_logprobs: torch.Tensor | None = None  # [N, T] the sampler's; NaN where none
 
-    def micro_batches(self, size: int) -> list[dict[str, torch.Tensor]]:
+    def bounds(self, size: int, token_budget: int = 0) -> list[tuple[int, int]]:
+        """Row ranges of the micro-batches, in row order (a group's rows stay together
+        where they fit, so that they share one prompt pass): ``size`` rows each, or with a
+        ``token_budget`` as many rows as fit in it, padded to the longest completion
+        among them (``rows x (P + T)`` positions; a row longer than the budget alone)."""
+        n = self.input_ids.shape[0]
+        if not token_budget:
+            return [(s, min(n, s + size)) for s in range(0, n, size)]
+        P = self.prompt_len
+        lengths = self.attention_mask[:, P:].sum(1).clamp(min=1).tolist()
+        out, start, longest = [], 0, 0
+        for i, t in enumerate(lengths):
+            wider = max(longest, t)
+            if i > start and (i - start + 1) * (P + wider) > token_budget:
+                out.append((start, i))
+                start, wider = i, t
+            longest = wider
+        return [*out, (start, n)]
+
+    def micro_batches(
+        self, size: int, token_budget: int = 0, count: int = 0
+    ) -> list[dict[str, torch.Tensor]]:
+        """The loss's micro-batches (see :meth:`bounds`), trimmed of completion padding,
+        then empty ones (one row, no loss) up to ``count``: ranks with fewer micro-batches
+        than another run these, so that every rank makes the same passes."""
         out = []
         P = self.prompt_len
-        for s in range(0, self.input_ids.shape[0], size):
-            sl = slice(s, s + size)
+        for s, e in self.bounds(size, token_budget):
+            sl = slice(s, e)
             T = int(self.attention_mask[sl, P:].sum(1).max().clamp(min=1))  # trim padding
             mb = {
                 "input_ids": self.input_ids[sl, : P + T],
@@ -92,8 +117,15 @@ class Rollout:
                 mb["ref_logprobs"] = self.ref_logprobs[sl, :T]
             if self.sampler_logprobs is not None:
                 mb["sampler_logprobs"] = self.sampler_logprobs[sl, :T]
+            # which rows share a prompt, found here on the CPU (on a GPU it would be a sync)
+            runs = shared_prompts(mb["input_ids"], mb["attention_mask"], P)
+            if runs is not None:
+                mb["prompt_first"], mb["prompt_index"] = runs
             out.append(mb)
-        return out
+        empty = {k: v[:1].clone() for k, v in out[0].items() if not k.startswith("prompt_")}
+        empty["loss_mask"].zero_()
+        empty["advantages"].zero_()
+        return out + [empty] * (count - len(out))
 
 
 def build_batch(
@@ -195,9 +227,13 @@ class GRPOTrainer:
         self.log = log or (lambda msg: None)
         self.prompts_per_rank = cfg.prompts_per_step // dist.world_size
         self.grad_accum = -(-self.prompts_per_rank * cfg.group_size // cfg.micro_batch_size)
+        self.token_budget = micro_batch_tokens(cfg.micro_batch_tokens, dist.device)
         # length groups make a data-dependent number of forward passes; ZeRO-3 ranks must
-        # make the same ones (parameters are gathered collectively), so there: one group
-        self._bucket_overhead = None if zero3 else BUCKET_OVERHEAD_TOKENS
+        # make the same ones (parameters are gathered collectively), so there: one group.
+        # Elsewhere they pay where a call is cheap (CPU), not where it is dear (GPU).
+        groups = str(cfg.logprob_length_groups).lower()
+        groups_on = dist.device.type == "cpu" if groups == "auto" else groups == "true"
+        self._bucket_overhead = BUCKET_OVERHEAD_TOKENS if groups_on and not zero3 else None
         self.is_mode = cfg.importance_sampling
         if self.is_mode == "auto":
             self.is_mode = "sequence_mask" if sampler_holds_weights else "none"
@@ -393,23 +429,31 @@ class GRPOTrainer:
         self, model: torch.nn.Module, mbs: list[dict[str, torch.Tensor]], prompt_len: int
     ) -> list[torch.Tensor]:
         out = []
+        dev = self.dist.device
         for mb in mbs:
+            runs = _prompt_runs(mb, dev)
             lp, _ = completion_logprobs(
                 model,
-                mb["input_ids"].to(self.dist.device),
-                mb["attention_mask"].to(self.dist.device),
+                mb["input_ids"].to(dev),
+                mb["attention_mask"].to(dev),
                 prompt_len,
                 temperature=self.rl.temperature,
                 chunk_size=self.rl.logprob_chunk_size,
                 bucket_overhead=self._bucket_overhead,
+                share_prompts=runs is not None,
+                prompt_runs=runs,
             )
-            out.append(lp.float().cpu())
+            out.append(lp.float())  # stays on the device: no copy back, no sync
         return out
 
     def train_on(self, batch: Rollout) -> dict[str, float]:
         """``mu`` optimizer steps on one rollout batch; returns averaged loss statistics."""
         rl, dist = self.rl, self.dist
-        mbs = batch.micro_batches(rl.micro_batch_size)
+        count = 0
+        if self.token_budget:  # the most micro-batches any rank has
+            count = len(batch.bounds(rl.micro_batch_size, self.token_budget))
+            count = all_reduce_max(count, dist.device)
+        mbs = batch.micro_batches(rl.micro_batch_size, self.token_budget, count)
         P = batch.prompt_len
         module = self.engine.module
         if rl.mu > 1:  # the ratio needs the log-probs of the policy that sampled
@@ -427,6 +471,7 @@ class GRPOTrainer:
         def loss_fn(
             model: torch.nn.Module, mb: dict[str, torch.Tensor]
         ) -> tuple[torch.Tensor, dict[str, float]]:
+            runs = _prompt_runs(mb, mb["input_ids"].device)
             logprobs, entropy = completion_logprobs(
                 model,
                 mb["input_ids"],
@@ -435,6 +480,8 @@ class GRPOTrainer:
                 temperature=rl.temperature,
                 chunk_size=rl.logprob_chunk_size,
                 bucket_overhead=self._bucket_overhead,
+                share_prompts=runs is not None,
+                prompt_runs=runs,
             )
             old = mb.get("old_logprobs", logprobs.detach())
             sampler = None
@@ -462,20 +509,21 @@ class GRPOTrainer:
                 is_weights=None if sampler is None or self.is_mode == "none" else sampler.weights,
             )
             m = mb["loss_mask"].float()
+            # tensors, summed on the device by the engine and read once per step
             stats = {
-                "tokens": float(out.num_tokens),
-                "kl_sum": float(out.kl_sum),
-                "clip_low": float(out.clip_low_frac),
-                "clip_high": float(out.clip_high_frac),
-                "entropy_sum": float((entropy * m).sum()),
+                "tokens": out.num_tokens,
+                "kl_sum": out.kl_sum,
+                "clip_low": out.clip_low_frac,
+                "clip_high": out.clip_high_frac,
+                "entropy_sum": (entropy * m).sum(),
             }
             if sampler is not None:
                 stats.update(
-                    mismatch_abs=float(sampler.abs_diff_sum),
-                    mismatch_seq=float(sampler.seq_log_ratio_sum),
-                    is_outside=float(sampler.outside),
+                    mismatch_abs=sampler.abs_diff_sum,
+                    mismatch_seq=sampler.seq_log_ratio_sum,
+                    is_outside=sampler.outside,
                 )
-            return out.loss_sum, stats
+            return out.loss_sum, {k: v.detach() for k, v in stats.items()}
 
         totals: dict[str, float] = {}
         for _ in range(rl.mu):
@@ -526,6 +574,15 @@ class GRPOTrainer:
                 "stopping rather than training on a stale policy"
             )
         return stats
+
+
+def _prompt_runs(
+    mb: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The micro-batch's rows that share a prompt (found on the CPU), on ``device``."""
+    if "prompt_first" not in mb:
+        return None
+    return mb["prompt_first"].to(device), mb["prompt_index"].to(device)
 
 
 class StaleSampler(UserError):

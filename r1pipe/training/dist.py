@@ -113,6 +113,15 @@ def all_reduce_sum(value: float | int, device: torch.device) -> float:
     return float(t.item())
 
 
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest of a Python integer over ranks."""
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return [obj]

@@ -59,16 +59,41 @@ def deepspeed_config(
     max_grad_norm: float,
     bf16: bool,
     optimizer: dict[str, Any] | None,
+    device_type: str = "cpu",
+    hidden_size: int | None = None,
 ) -> dict[str, Any]:
-    """The DeepSpeed config dict for our settings."""
-    zero: dict[str, Any] = {"stage": ds_cfg.zero_stage}
-    if ds_cfg.zero_stage in (1, 2):
+    """The DeepSpeed config dict for our settings.
+
+    Two choices depend on the device:
+
+    * ZeRO-0 in bf16 runs as ZeRO-1. DeepSpeed's ZeRO-0 bf16 path wraps a torch optimizer
+      in its unfused per-parameter fp16/bf16 optimizer (an fp32 master copy and an overflow
+      check per parameter: hundreds of blocking host syncs a step); ZeRO-1 keeps the same
+      fp32 master weights in one flat buffer that a fused AdamW updates in one call. On one
+      rank the two are the same computation; on several, ZeRO-1 also splits Adam's state.
+    * ZeRO-3 on GPU keeps parameters under ``10 x hidden_size`` elements (norms, biases)
+      resident and prefetches ``0.9 x hidden_size^2`` elements ahead (the sizes Hugging
+      Face's integration derives from the hidden size); on CPU, where the gathers are
+      memory copies, small fixed sizes.
+    """
+    stage = ds_cfg.zero_stage
+    if stage == 0 and bf16:
+        stage = 1
+    zero: dict[str, Any] = {"stage": stage}
+    if stage in (1, 2):
         # optimizer partitions saved so that a run with another number of ranks can load them
         zero["elastic_checkpoint"] = True
-    if ds_cfg.zero_stage == 3:
+    if stage == 3:
         zero.update(
             stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4
         )
+        if device_type == "cuda" and hidden_size:
+            zero.update(
+                stage3_param_persistence_threshold=10 * hidden_size,
+                stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                reduce_bucket_size=hidden_size * hidden_size,
+                overlap_comm=True,
+            )
     if ds_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds_cfg.offload_params:
@@ -178,13 +203,15 @@ class TrainEngine:
                 },
             }
         else:
+            # fused: one kernel for all parameters on GPU (no per-tensor launches or syncs)
+            cuda = dist.device.type == "cuda"
             optimizer = torch.optim.AdamW(
                 params,
                 lr=optim.lr,
                 betas=betas,
                 eps=optim.adam_eps,
                 weight_decay=optim.weight_decay,
-                foreach=dist.device.type == "cuda",
+                fused=True if cuda else None,
             )
         self.ds_config = deepspeed_config(
             ds_cfg,
@@ -194,6 +221,8 @@ class TrainEngine:
             max_grad_norm=optim.max_grad_norm,
             bf16=self.bf16,
             optimizer=optimizer_cfg,
+            device_type=dist.device.type,
+            hidden_size=getattr(getattr(model, "config", None), "hidden_size", None),
         )
         warmup_steps = int(optim.warmup_ratio * total_steps)
         schedule = lr_lambda(optim.lr_scheduler, total_steps, warmup_steps, optim.min_lr_ratio)
@@ -263,36 +292,51 @@ class TrainEngine:
         """Forward/backward every micro-batch of this rank, then one optimizer step.
 
         Args:
-            micro_batches: Exactly ``grad_accum`` batches (tensors are moved to the device).
+            micro_batches: This rank's batches (tensors are moved to the device). Their
+                number may change from step to step (micro-batches sized in tokens), but
+                every rank must pass the same number in a step: under ZeRO-2/3 each backward
+                is a collective (callers pad with micro-batches that carry no loss).
             loss_fn: ``(hf_model, batch) -> (summed_loss, stats)``; it runs inside the
-                engine's forward.
+                engine's forward. Stats may be tensors on the device: they are summed there
+                and read to the host once, after the last micro-batch.
             normalizer: What the summed loss of the *global* batch is divided by (e.g. all
-                response tokens over all ranks). DeepSpeed averages over ranks and
-                accumulation steps, which the scaling below undoes.
+                response tokens over all ranks). DeepSpeed averages over ranks and divides
+                by its configured accumulation steps, which the scaling below undoes.
 
         Returns:
             ``loss`` (global, normalised), ``grad_norm``, ``lr`` and summed stats of this rank.
         """
-        assert len(micro_batches) == self.grad_accum, (len(micro_batches), self.grad_accum)
+        assert micro_batches, "a step needs at least one micro-batch"
         self._step_skipped = False
         self.engine.train()
         scale = self.dist.world_size * self.grad_accum / max(normalizer, 1e-12)
-        local_loss = 0.0
         own_norm = float("nan")
-        stats: dict[str, float] = {}
-        for batch in micro_batches:
-            batch = {k: v.to(self.dist.device) for k, v in batch.items()}
+        sums: dict[str, Any] = {}
+        last = len(micro_batches) - 1
+        for i, batch in enumerate(micro_batches):
+            batch = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
+            # the step's end is the last micro-batch, however many there are
+            self.engine.set_gradient_accumulation_boundary(i == last)
             loss_sum, mb_stats = self.engine(loss_fn, batch)
             self.engine.backward(loss_sum * scale)
-            if self.engine.is_gradient_accumulation_boundary() and self._norm_untracked:
+            if i == last and self._norm_untracked:
                 # DeepSpeed clips fp32 ZeRO-0 gradients without keeping the norm; the
                 # gradients are already all-reduced here, so this is the same global norm.
                 grads = [p.grad for p in self.hf_model.parameters() if p.grad is not None]
                 own_norm = float(torch.nn.utils.get_total_norm(grads))
             self.engine.step()
-            local_loss += float(loss_sum.detach())
-            for k, v in mb_stats.items():
-                stats[k] = stats.get(k, 0.0) + v
+            for k, v in {"loss": loss_sum.detach(), **mb_stats}.items():
+                sums[k] = sums[k] + v if k in sums else v
+        # one read of the step's sums (a tensor per stat would be a host sync each)
+        keys = list(sums)
+        values = [sums[k] for k in keys]
+        if any(isinstance(v, torch.Tensor) for v in values):
+            device = next(v.device for v in values if isinstance(v, torch.Tensor))
+            values = torch.stack(
+                [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]
+            ).tolist()
+        stats = {k: float(v) for k, v in zip(keys, values, strict=True)}
+        local_loss = stats.pop("loss")
         total = all_reduce_sum(local_loss, self.dist.device)
         grad_norm = own_norm if self._norm_untracked else self.engine.get_global_grad_norm()
         loss = total / max(normalizer, 1e-12)

@@ -95,11 +95,13 @@ def length_buckets(
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def _shared_prompts(
+def shared_prompts(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """For rows whose prompt equals the previous row's: (first row of each run of equal
-    prompts, the run index of every row); None when no two neighbours share a prompt."""
+    prompts, the run index of every row); None when no two neighbours share a prompt.
+    Reads the answer to the host: on a GPU, compute it on the CPU copy of the batch and pass
+    it to :func:`completion_logprobs` as ``prompt_runs``."""
     p_ids, p_mask = input_ids[:, :prompt_len], attention_mask[:, :prompt_len]
     if input_ids.shape[0] < 2 or prompt_len < 2:
         return None
@@ -130,6 +132,7 @@ def completion_logprobs(
     chunk_size: int = 2048,
     share_prompts: bool = True,
     bucket_overhead: int | None = BUCKET_OVERHEAD_TOKENS,
+    prompt_runs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of the completion tokens.
 
@@ -145,6 +148,9 @@ def completion_logprobs(
             this cost per group in padded positions; None: all rows at once. Every call
             then makes a number of forward passes that depends on the data: keep it off
             where ranks must make the same calls (ZeRO-3 gathers parameters collectively).
+            The groups are found on the host (a sync): a CPU choice.
+        prompt_runs: :func:`shared_prompts` of these rows, computed beforehand (no host
+            sync here); None: found here when ``share_prompts``.
 
     Returns:
         ``logprobs [N, T]`` and ``entropy [N, T]`` (entropy carries no gradient).
@@ -154,7 +160,9 @@ def completion_logprobs(
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     decoder = module.get_decoder()
     T = input_ids.shape[1] - prompt_len
-    shared = _shared_prompts(input_ids, attention_mask, prompt_len) if share_prompts else None
+    shared = prompt_runs
+    if shared is None and share_prompts:
+        shared = shared_prompts(input_ids, attention_mask, prompt_len)
     if shared is not None and _can_share(module):
         # position t predicts token t + 1: the first completion token comes from the last
         # prompt position, the rest from the completion positions but the last

@@ -41,6 +41,24 @@ def rank_micro_batches(batch: list[int], rank: int, world: int, micro: int) -> I
         yield mine[i : i + micro]
 
 
+GPU_MICRO_BATCH_TOKENS = 16384
+"""``micro_batch_tokens: auto`` on a GPU: 16k positions make each pass of a model of a few
+hundred million parameters long enough to keep the GPU busy between launches."""
+
+
+def micro_batch_tokens(value: str | int, device: torch.device) -> int:
+    """The token budget of a micro-batch from ``stage.*.micro_batch_tokens``: ``auto`` is 0
+    (micro-batches of ``micro_batch_size`` sequences, what pays on a CPU) on CPU and
+    :data:`GPU_MICRO_BATCH_TOKENS` on GPU.
+
+    >>> micro_batch_tokens("auto", torch.device("cpu")), micro_batch_tokens("4096", None)
+    (0, 4096)
+    """
+    if str(value) == "auto":
+        return GPU_MICRO_BATCH_TOKENS if device.type == "cuda" else 0
+    return int(value)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (sampling and initialisation)."""
     import random

@@ -70,23 +70,29 @@ def collate(
     pad_id: int,
     pack_length: int = 0,
     attn_implementation: str = "sdpa",
+    rows: list[list[int]] | None = None,
+    width: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Build model inputs and labels for one micro-batch.
 
     Packed: sequences are bin-packed into rows of at most ``pack_length`` tokens (0, and
-    any value below it, means the longest sequence of the micro-batch); ``position_ids``
-    restart at 0 for each sequence and the attention mask is block-diagonal causal
-    ``[R, 1, L, L]`` (flash attention finds the boundaries from ``position_ids`` and gets no
-    mask). Rows are short on purpose: attention cost grows with the square of the row
-    length, so one giant row would waste far more than padding does.
+    any value below it, means the longest sequence of the micro-batch), or placed as
+    ``rows`` says (indices into ``batch`` per row); ``position_ids`` restart at 0 for each
+    sequence. With sdpa or eager attention the mask is block-diagonal causal
+    ``[R, 1, L, L]``; flash and flex attention get no mask: transformers finds the
+    sequences from ``position_ids`` (variable-length flash kernels; a block-sparse flex
+    mask), so no compute goes to padding or across sequences. With a dense mask, rows are
+    short on purpose: attention cost grows with the square of the row length.
     Padded: ``[B, L_max]`` right-padded with a 2-D attention mask.
+    ``width``: rows at least this long (a fixed shape from step to step).
 
     ``labels`` are aligned with ``input_ids`` (``IGNORE`` off the loss mask); the loss shifts.
     """
     if packing:
         lengths = [len(ex.input_ids) for ex in batch]
-        rows = pack_rows(lengths, max(pack_length, max(lengths)))
-        L = max(sum(lengths[i] for i in row) for row in rows)
+        if rows is None:
+            rows = pack_rows(lengths, max(pack_length, max(lengths)))
+        L = max(width, max(sum(lengths[i] for i in row) for row in rows))
         ids = torch.full((len(rows), L), pad_id)
         labels = torch.full((len(rows), L), IGNORE)
         pos = torch.zeros((len(rows), L), dtype=torch.long)
@@ -104,13 +110,13 @@ def collate(
                 at += n
             pos[r, at:] = torch.arange(L - at)
         out = {"input_ids": ids, "labels": labels, "position_ids": pos}
-        if not attn_implementation.startswith("flash"):
+        if not attn_implementation.startswith(("flash", "flex")):
             causal = torch.ones(L, L, dtype=torch.bool).tril_()
             # Padding tokens attend to themselves only (a fully masked row would give NaN).
             same = seq[:, :, None] == seq[:, None, :]
             out["attention_mask"] = (causal & same)[:, None]  # [R, 1, L, L]
         return out
-    L = max(len(ex.input_ids) for ex in batch)
+    L = max(width, max(len(ex.input_ids) for ex in batch))
     ids = torch.full((len(batch), L), pad_id)
     labels = torch.full((len(batch), L), IGNORE)
     attn = torch.zeros((len(batch), L), dtype=torch.long)
@@ -135,13 +141,80 @@ def sft_loss_sum(
     """
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # use_cache=False also matters for packing: transformers derives the per-sequence mask
+    # from position_ids only when there is no cache
     logits = model(**inputs, use_cache=False).logits  # [B, T, V]
     shift_logits = logits[:, :-1].flatten(0, 1).float()
     shift_labels = labels[:, 1:].flatten()
     loss = torch.nn.functional.cross_entropy(
         shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum"
     )
-    return loss, int((shift_labels != IGNORE).sum())
+    return loss, (shift_labels != IGNORE).sum()  # a tensor: no host sync per micro-batch
+
+
+def budget_micro_batches(
+    batch: list[TokenizedSFT],
+    *,
+    packing: bool,
+    budget: int,
+    row_length: int,
+    pad_id: int,
+    attn_implementation: str = "sdpa",
+) -> list[dict[str, torch.Tensor]]:
+    """One rank's share of a step cut into micro-batches of at most ``budget`` token
+    positions (rows x row length, padding included).
+
+    Packed: the sequences are bin-packed into rows of ``row_length`` tokens, every row padded
+    to exactly that length (one shape for every micro-batch: what compiled kernels and the
+    GPU allocator want), ``budget // row_length`` rows per micro-batch. Padded: sequences
+    longest first, each micro-batch as many as fit in the budget at its longest length.
+    A sequence longer than the budget still gets a micro-batch of its own.
+    """
+    lengths = [len(ex.input_ids) for ex in batch]
+    if packing:
+        row_length = max(row_length, max(lengths))
+        rows = pack_rows(lengths, row_length)
+        rows.sort(key=lambda r: min(r))  # a stable order: the data order, not the fill
+        per = max(1, budget // row_length)
+        out = []
+        for s in range(0, len(rows), per):
+            chunk = rows[s : s + per]
+            members = [i for row in chunk for i in row]
+            local = {i: j for j, i in enumerate(members)}
+            out.append(
+                collate(
+                    [batch[i] for i in members],
+                    packing=True,
+                    pad_id=pad_id,
+                    attn_implementation=attn_implementation,
+                    rows=[[local[i] for i in row] for row in chunk],
+                    width=row_length,
+                )
+            )
+        return out
+    order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:  # longest first: a group's first sequence sets its width
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [collate([batch[i] for i in g], packing=False, pad_id=pad_id) for g in groups]
+
+
+def empty_micro_batch(like: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """A micro-batch that carries no loss, shaped like one row of ``like``: a rank with
+    fewer micro-batches than another runs these, so that every rank makes the same
+    forward and backward passes (ZeRO-2/3 reduce or gather in each)."""
+    out = {}
+    for k, v in like.items():
+        row = v[:1].clone()
+        if k == "input_ids":
+            row.fill_(pad_id)
+        elif k == "labels":
+            row.fill_(IGNORE)
+        out[k] = row
+    return out
 
 
 def num_loss_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -25,8 +25,13 @@ def one_rank(tmp_path_factory):
     return metrics(run_dir)
 
 
-# ZeRO-3 with 2 micro-batches per rank also checks gradient accumulation under partitioning.
-@pytest.mark.parametrize(("zero", "micro"), [("zero2", 4), ("zero3", 2)])
+# ZeRO-3 with several micro-batches per rank also checks gradient accumulation under
+# partitioning, here with micro-batches sized in tokens (rows of 64 positions, two a
+# micro-batch: as many as the packing makes, agreed between the ranks every step).
+@pytest.mark.parametrize(
+    ("zero", "micro"),
+    [("zero2", ["micro_batch_size=4"]), ("zero3", ["micro_batch_tokens=128", "pack_length=64"])],
+)
 def test_two_ranks_match_one_rank(tmp_path, one_rank, zero, micro):
     run_dir = tmp_path / zero
     ok(
@@ -34,7 +39,7 @@ def test_two_ranks_match_one_rank(tmp_path, one_rank, zero, micro):
             *COMMON,
             f"run.dir={run_dir}",
             f"deepspeed={zero}",
-            f"stage.cold_start.micro_batch_size={micro}",
+            *[f"stage.cold_start.{m}" for m in micro],
             nproc=2,
         )
     )

@@ -126,6 +126,23 @@ def expected_loss(advantages, policy_lp, ref_lp):
     return num / tokens
 
 
+def _with_reference(model, generator, rewards, rl, tokenizer) -> GRPOTrainer:
+    """A trainer of ``model`` on the one prompt, with a frozen copy as the reference."""
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    reference = Reference(copy.deepcopy(model).requires_grad_(False).eval(), dist)
+    return GRPOTrainer(
+        PlainEngine(model),
+        generator,
+        rewards,
+        lambda step, rnd: [PROMPT],
+        reference,
+        rl,
+        dist,
+        tokenizer=tokenizer,
+        prompt_text=lambda e: e.question,
+    )
+
+
 def test_grpo_trainer_two_steps_from_parts_loss_by_hand(tmp_path):
     cfg, rl = _config(
         kl_coef=KL_COEF,
@@ -141,18 +158,7 @@ def test_grpo_trainer_two_steps_from_parts_loss_by_hand(tmp_path):
     start = copy.deepcopy(model)
     dist = DistInfo(0, 1, 0, torch.device("cpu"))
     generator = FakeGenerator(tokenizer)
-    reference = Reference(copy.deepcopy(model).requires_grad_(False).eval(), dist)
-    trainer = GRPOTrainer(
-        PlainEngine(model),
-        generator,
-        RuleRewards(task, rl),
-        lambda step, rnd: [PROMPT],
-        reference,
-        rl,
-        dist,
-        tokenizer=tokenizer,
-        prompt_text=lambda e: e.question,
-    )
+    trainer = _with_reference(model, generator, RuleRewards(task, rl), rl, tokenizer)
     records, after_first = Records(), Snapshot(model, at=1)
     fit(
         trainer,
@@ -252,3 +258,38 @@ def test_stale_sampler_stops_the_run():
     n = [len(ids) for ids in trainer.generator.ids]
     masked = sum(k for k in n if math.exp(0.8 * k) > 3)
     assert masked < sum(n) and record["is_outside_frac"] == pytest.approx(masked / sum(n))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # micro-batches of as many rows as fit in 60 positions (1-2 of the four here)
+        {"micro_batch_tokens": "60"},
+        # log-probs in one call per micro-batch (the GPU choice) instead of length groups
+        {"logprob_length_groups": "false"},
+    ],
+)
+def test_gpu_batching_choices_give_the_same_step(overrides):
+    """Token-budget micro-batches and single-call log-probs (issue 15) against today's path
+    (one micro-batch of four completions, length groups on CPU): the same loss, KL and
+    entropy, and the same weights after two SGD steps (mu 2: the old log-probs matter)."""
+    results = []
+    for extra in ({}, overrides):
+        cfg, rl = _config(kl_coef=KL_COEF, ref_update_every=0, mu=2, **extra)
+        task = replace(cfg.task, verifier="exact", answer_format="answer_tag")
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(cfg.model, tokenizer, seed=0)
+        trainer = _with_reference(
+            model, FakeGenerator(tokenizer), RuleRewards(task, rl), rl, tokenizer
+        )
+        if "micro_batch_tokens" in extra:
+            batch, _ = trainer.rollout(0)
+            assert len(batch.bounds(rl.micro_batch_size, trainer.token_budget)) > 1
+        else:
+            assert (trainer._bucket_overhead is None) == bool(extra)
+        record = trainer.train_step(0)
+        results.append((record, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (a, wa), (b, wb) = results
+    for key in ("loss", "kl", "entropy", "clip_frac"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-6)

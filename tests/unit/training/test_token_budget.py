@@ -1,0 +1,118 @@
+"""Micro-batches sized in tokens (issue 15): every sequence once, within the budget, and the
+same summed loss and gradients as micro-batches of a fixed number of sequences."""
+
+import random
+
+import pytest
+import torch
+
+from r1pipe.config import compose
+from r1pipe.models import build_char_tokenizer, build_tiny_model
+from r1pipe.rl.trainer import Rollout
+from r1pipe.training.packing import (
+    IGNORE,
+    TokenizedSFT,
+    budget_micro_batches,
+    collate,
+    empty_micro_batch,
+    num_loss_tokens,
+    sft_loss_sum,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg, _ = compose(["conf=smoke"])
+    tok = build_char_tokenizer()
+    return tok, build_tiny_model(cfg.model, tok, seed=0)
+
+
+def _data(n: int, seed: int = 0) -> list[TokenizedSFT]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p, r = rng.randint(3, 12), rng.randint(4, 40)
+        ids = [rng.randint(40, 120) for _ in range(p + r)]
+        out.append(TokenizedSFT(ids, [False] * p + [True] * r))
+    return out
+
+
+def _loss_and_grads(model, batches):
+    model.zero_grad()
+    total = 0.0
+    for b in batches:
+        loss, _ = sft_loss_sum(model, b)
+        loss.backward()
+        total += float(loss.detach())
+    return total, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_budget_batches_hold_every_token_once_within_budget(packing):
+    data = _data(23)
+    budget, row = 112, 56  # rows at least the longest sequence (3 + 12 + 40)
+    batches = budget_micro_batches(data, packing=packing, budget=budget, row_length=row, pad_id=0)
+    assert len(batches) > 2
+    assert sum(num_loss_tokens(b) for b in batches) == sum(sum(d.loss_mask[1:]) for d in data)
+    real = sum(len(d.input_ids) for d in data)
+    seen = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+    assert seen == sum(sum(d.loss_mask) for d in data)
+    for b in batches:
+        rows, width = b["input_ids"].shape
+        assert rows * width <= budget
+        if packing:
+            assert width == row  # every row the same length: one shape every step
+    if packing:  # rows filled across sequences: little padding
+        area = sum(b["input_ids"].numel() for b in batches)
+        assert real / area > 0.8
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_budget_loss_and_gradients_equal_sequence_micro_batches(tiny, packing):
+    tok, model = tiny
+    data = _data(12, seed=1)
+    pad = tok.pad_token_id
+    # today's path: 3 micro-batches of 4 sequences
+    ref = [collate(data[i : i + 4], packing=packing, pad_id=pad) for i in range(0, 12, 4)]
+    ref_loss, ref_grads = _loss_and_grads(model, ref)
+    mine = budget_micro_batches(data, packing=packing, budget=128, row_length=64, pad_id=pad)
+    mine.append(empty_micro_batch(mine[0], pad))  # a rank's filler: no loss, no gradient
+    assert len(mine) != len(ref)
+    loss, grads = _loss_and_grads(model, mine)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, g in ref_grads.items():  # fp32 sums in another order: ~3e-6 apart at most
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _rollout(n=12, group=4, P=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = 20
+    ids = torch.randint(10, 100, (n, P + T), generator=g)
+    ids[:, :P] = ids[::group, :P].repeat_interleave(group, 0)  # a group shares its prompt
+    mask = torch.ones(n, P + T, dtype=torch.long)
+    comp = torch.randint(2, T + 1, (n,), generator=g)
+    plen = torch.randint(2, P + 1, (n // group,), generator=g).repeat_interleave(group)
+    for i in range(n):
+        mask[i, : P - plen[i]] = 0
+        mask[i, P + comp[i] :] = 0
+    ids = ids * mask
+    adv = torch.randn(n, generator=g)
+    return Rollout(ids, mask, mask[:, P:].bool(), P, adv, adv.clone()), comp
+
+
+def test_rollout_budget_bounds_cover_rows_in_order_within_budget():
+    batch, comp = _rollout()
+    P, budget = batch.prompt_len, 60
+    bounds = batch.bounds(8, budget)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 12
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    for s, e in bounds:
+        width = P + int(comp[s:e].max())
+        assert (e - s) * width <= budget or e - s == 1
+    mbs = batch.micro_batches(8, budget, count=len(bounds) + 2)
+    assert len(mbs) == len(bounds) + 2
+    assert sum(int(m["loss_mask"].sum()) for m in mbs) == int(batch.loss_mask.sum())
+    filler = mbs[-1]
+    assert filler["input_ids"].shape[0] == 1 and not filler["loss_mask"].any()
+    # the rows of a group share one prompt pass, found on the CPU
+    assert "prompt_first" in mbs[0] and "prompt_first" not in filler
