@@ -51,8 +51,12 @@ def test_checkpoint_loads_with_transformers_and_generates(smoke_run):
 
 
 def test_resume_after_crash_continues_the_same_curve(smoke_run, tmp_path):
+    """Killed at step 5 and resumed, with micro-batches sized in tokens (rows of 64
+    positions, two a micro-batch): the same curve as the uninterrupted run of the default
+    micro-batches of 4 sequences (the same sums in another order: rel 1e-5)."""
     run_dir = tmp_path / "crash"
-    args = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
+    budget = ("stage.cold_start.micro_batch_tokens=128", "stage.cold_start.pack_length=64")
+    args = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}", *budget)
     crashed = cli(*args, env={"R1PIPE_FAULT_AT_STEP": "5"})
     assert crashed.returncode == 137
     assert manifest(run_dir)["stages"]["cold-start"]["status"] == "running"
@@ -64,7 +68,7 @@ def test_resume_after_crash_continues_the_same_curve(smoke_run, tmp_path):
     resumed, straight = metrics(run_dir), metrics(smoke_run)
     assert [m["step"] for m in resumed] == list(range(1, 7))  # step 5 redone, not duplicated
     for a, b in zip(resumed, straight, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7), a["step"]
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
 
 
