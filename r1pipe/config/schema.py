@@ -92,7 +92,10 @@ class ModelConfig:
     dtype: str = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``."""
     attn_implementation: str = "sdpa"
-    """``sdpa``, ``eager`` or ``flash_attention_2`` (GPU only)."""
+    """``sdpa``, ``eager``, ``flash_attention_2``/``3`` (GPU, the flash-attn package) or
+    ``flex_attention`` (GPU; torch's compiled kernels). With flash or flex, packed SFT rows
+    get no dense mask: each sequence attends only within itself, found from the position
+    ids, so no compute goes to padding or across sequences."""
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
@@ -103,7 +106,7 @@ class ModelConfig:
         _one_of(
             self.attn_implementation,
             "model.attn_implementation",
-            ("sdpa", "eager", "flash_attention_2", "flash_attention_3"),
+            ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
         )
         if self.path is None:
             _check(
