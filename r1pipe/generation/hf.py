@@ -376,7 +376,7 @@ class HFGenerator:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        step: fused.FusedStep | _ForwardStep
+        step: _Step
         if weights is not None:
             prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
             last_pos = pos[:, -1].repeat_interleave(n)
