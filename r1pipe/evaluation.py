@@ -577,7 +577,8 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
         dist = DistInfo(0, 1, 0, device)
     log = console.print if dist.is_main else (lambda *a, **k: None)
     tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
-    model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, dist.device))
+    dtype = resolve_dtype(cfg.model, dist.device)
+    model = load_model(checkpoint, cfg.model, dtype=dtype, device=dist.device)
     model.to(dist.device)
     context = getattr(model.config, "max_position_embeddings", None)
     if context and ev.max_new_tokens > context:

@@ -8,9 +8,11 @@ vLLM treat it like any other checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -24,8 +26,9 @@ from transformers import (
     Qwen2Config,
 )
 
-from r1pipe.config.schema import ModelConfig
+from r1pipe.config.schema import DeepSpeedConfig, ModelConfig, OptimizerConfig
 from r1pipe.errors import UserError
+from r1pipe.training.dist import DistInfo
 
 # Whole-token tags: one id each so that the format reward and the tiny model see them as units.
 PAD, EOS, BOS_TURN = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
@@ -138,21 +141,126 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     return tok
 
 
+def training_dtype(bf16: bool, device: torch.device) -> torch.dtype:
+    """The dtype a model that is about to be trained is loaded in: bf16 when training is bf16
+    on CUDA (DeepSpeed would cast the weights to it anyway, before it makes its fp32 master
+    copy, so no fp32 copy of the model is ever needed); fp32 otherwise, which on CPU is the
+    load of every earlier version (DeepSpeed casts there when ``deepspeed.bf16=true``).
+
+    >>> training_dtype(True, torch.device("cuda", 1)), training_dtype(True, torch.device("cpu"))
+    (torch.bfloat16, torch.float32)
+    """
+    return torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+
+
+def load_kwargs(
+    dtype: torch.dtype, device: torch.device | None, *, zero3_init: bool = False
+) -> dict[str, Any]:
+    """``from_pretrained``'s dtype and placement for a model used on ``device``.
+
+    On CUDA the weights are read straight onto the device in ``dtype`` (``device_map``), so
+    no full copy is materialised on the host first; under a ZeRO-3 ``zero.Init`` load
+    DeepSpeed places the partitions itself (transformers refuses a ``device_map`` there); on
+    CPU (or no device) the load is the one of every earlier version.
+
+    >>> load_kwargs(torch.bfloat16, torch.device("cuda", 1))
+    {'dtype': torch.bfloat16, 'device_map': {'': device(type='cuda', index=1)}}
+    >>> load_kwargs(torch.float32, torch.device("cpu"))
+    {'dtype': torch.float32}
+    >>> load_kwargs(torch.bfloat16, torch.device("cuda", 0), zero3_init=True)
+    {'dtype': torch.bfloat16}
+    """
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device is not None and device.type == "cuda" and not zero3_init:
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+@contextmanager
+def zero3_init(ds_config: dict[str, Any] | None) -> Iterator[None]:
+    """While open, transformers' ``from_pretrained`` builds models under DeepSpeed's
+    ``zero.Init`` with ``ds_config`` (a ZeRO-3 DeepSpeed config dict): every parameter is
+    partitioned over the ranks as it is created and each rank reads only its share of the
+    checkpoint into it. None: nothing changes.
+
+    transformers finds the config through a weak reference to a live ``HfDeepSpeedConfig``;
+    it is kept alive here and dropped on exit, so later loads in the process (the held-out
+    evaluation's per-rank model, reward models, a judge) are whole models again."""
+    if ds_config is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    hf_ds_config = HfDeepSpeedConfig(ds_config)  # the reference that keeps it alive
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_ds_config
+
+
 def load_model(
-    path: str | Path, cfg: ModelConfig, *, dtype: torch.dtype = torch.float32
+    path: str | Path,
+    cfg: ModelConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    zero3_config: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM from a local HF directory or a hub id, with one clear error."""
+    """Load a causal LM from a local HF directory or a hub id, with one clear error.
+
+    Args:
+        dtype: The weights' dtype.
+        device: Where the model is used: on CUDA the weights are read straight onto it;
+            None or CPU: loaded on the host (the caller moves it).
+        zero3_config: A ZeRO-3 DeepSpeed config dict: the model is partitioned at
+            construction (:func:`zero3_init`), each rank holding its share.
+    """
     _check_model_path(str(path))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        with zero3_init(zero3_config):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                **load_kwargs(dtype, device, zero3_init=zero3_config is not None),
+                attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code,
+            )
     except (OSError, ValueError, ImportError) as e:
         raise UserError(f"model.path={path}: cannot load a causal LM ({_first_line(e)})") from None
     return model
+
+
+def load_policy(
+    path: str | Path,
+    cfg: ModelConfig,
+    ds_cfg: DeepSpeedConfig,
+    dist: DistInfo,
+    *,
+    optim: OptimizerConfig,
+    grad_accum: int,
+    micro_batch_size: int | None = None,
+) -> PreTrainedModel:
+    """The model a :class:`~r1pipe.training.engine.TrainEngine` with the same arguments will
+    train: in the training dtype (:func:`training_dtype`), straight onto ``dist.device`` on
+    CUDA, and under ZeRO-3 partitioned at construction with the engine's DeepSpeed config
+    (less its optimizer block, which construction does not read)."""
+    from r1pipe.training.engine import deepspeed_config, use_bf16
+
+    bf16 = use_bf16(ds_cfg, dist.device)
+    zero3 = None
+    if ds_cfg.zero_stage == 3:
+        zero3 = deepspeed_config(
+            ds_cfg,
+            micro_batch_size=micro_batch_size or optim.micro_batch_size,
+            grad_accum=grad_accum,
+            world_size=dist.world_size,
+            max_grad_norm=optim.max_grad_norm,
+            bf16=bf16,
+            optimizer=None,
+        )
+    dtype = training_dtype(bf16, dist.device)
+    return load_model(path, cfg, dtype=dtype, device=dist.device, zero3_config=zero3)
 
 
 def _check_model_path(path: str) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from r1pipe.config.schema import GRPOConfig, R1Config
 from r1pipe.data.general import example_prompt
 from r1pipe.errors import UserError
 from r1pipe.generation.build import build_generator
-from r1pipe.models import load_model
+from r1pipe.models import load_policy
 from r1pipe.rl.prompts import Prompts
 from r1pipe.rl.reference import Reference
 from r1pipe.rl.scoring import RewardFn
@@ -47,15 +45,26 @@ def build_grpo_trainer(
         )
     set_seed(cfg.run.seed + 7919 * dist.rank)  # ranks sample differently
     completions_per_rank = rl.prompts_per_step // dist.world_size * rl.group_size
+    grad_accum = -(-completions_per_rank // rl.micro_batch_size)
+    micro_batch_size = min(rl.micro_batch_size, completions_per_rank)
+    model = load_policy(
+        start_model,
+        cfg.model,
+        cfg.deepspeed,
+        dist,
+        optim=rl,
+        grad_accum=grad_accum,
+        micro_batch_size=micro_batch_size,
+    )
     engine = TrainEngine(
-        load_model(start_model, cfg.model, dtype=torch.float32),
+        model,
         ds_cfg=cfg.deepspeed,
         dist=dist,
         optim=rl,
         # the schedule counts optimizer steps: mu per RL step, warm-up included
         total_steps=rl.max_steps * rl.mu,
-        grad_accum=-(-completions_per_rank // rl.micro_batch_size),
-        micro_batch_size=min(rl.micro_batch_size, completions_per_rank),
+        grad_accum=grad_accum,
+        micro_batch_size=micro_batch_size,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         max_nonfinite_steps=cfg.run.max_nonfinite_steps,
     )

@@ -32,19 +32,26 @@ class Reference:
     def load(
         cls, start_model: Any, model_cfg: Any, dist: DistInfo, *, bf16: bool, zero3: bool
     ) -> Reference:
-        """The start model as the reference (bf16 when training is)."""
-        from r1pipe.models import load_model
+        """The start model as the reference (bf16 when training is), read straight onto the
+        device on CUDA; under ZeRO-3 partitioned at construction (``zero.Init``)."""
+        from r1pipe.models import load_model, training_dtype
 
-        ref = load_model(start_model, model_cfg, dtype=torch.float32)
+        ds = {
+            "train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3},
+            "bf16": {"enabled": bf16},
+        }
+        ref = load_model(
+            start_model,
+            model_cfg,
+            dtype=training_dtype(bf16, dist.device),
+            device=dist.device,
+            zero3_config=ds if zero3 else None,
+        )
         ref.requires_grad_(False)
         if zero3:
             import deepspeed
 
-            ds = {
-                "train_micro_batch_size_per_gpu": 1,
-                "zero_optimization": {"stage": 3},
-                "bf16": {"enabled": bf16},
-            }
             ref = deepspeed.initialize(model=ref, config=ds)[0].module
         else:
             ref.to(dist.device, dtype=torch.bfloat16 if bf16 else torch.float32)

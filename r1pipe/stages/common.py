@@ -53,6 +53,40 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
+class Trained:
+    """The stage's trained policy, still in memory after its export to ``checkpoint``: the
+    held-out evaluation of that checkpoint uses it instead of loading it again
+    (:func:`checkpoint_generator`). Shared by the copies of a :class:`StageContext` that
+    ``dataclasses.replace`` makes (rejection-sft's SFT context)."""
+
+    checkpoint: Path | None = None
+    model: Any = None
+    """The Hugging Face model whose weights were exported (ZeRO-3: partitioned); None when
+    kept nothing."""
+    generator: Any = None
+    """A generator that holds the exported weights itself (the trainer's vLLM engine, which
+    got them pushed after the last step), or None."""
+    zero3: bool = False
+
+    def keep(self, checkpoint: Path, model: Any, *, generator: Any = None, zero3: bool) -> None:
+        self.release()
+        if getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()  # as loaded: training is over
+        self.checkpoint, self.model = checkpoint, model
+        self.generator, self.zero3 = generator, zero3
+
+    def close_generator(self) -> None:
+        generator, self.generator = self.generator, None
+        close = getattr(generator, "close", None)
+        if close is not None:  # a vLLM engine holds its memory until closed
+            close()
+
+    def release(self) -> None:
+        self.close_generator()
+        self.checkpoint, self.model, self.zero3 = None, None, False
+
+
+@dataclass
 class StageContext:
     """Everything a stage needs to know about where it runs and what it starts from."""
 
@@ -79,6 +113,8 @@ class StageContext:
     replaced: dict[str, Any] | None = None
     """A completed run of this stage moved aside for this one (``aside``: its directory, which
     also holds its manifest entries): restored if this run fails, deleted when it completes."""
+    trained: Trained = dataclasses.field(default_factory=Trained)
+    """The trained model in memory after the export (set by the training stages' wiring)."""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -278,7 +314,8 @@ def settle_replaced(ctx: StageContext, *, failed: bool) -> None:
 @contextmanager
 def stage_guard(ctx: StageContext) -> Iterator[None]:
     """Mark the stage ``failed`` in the manifest if the body raises (then re-raise); a
-    completed run it replaced comes back if this one has no checkpoint yet."""
+    completed run it replaced comes back if this one has no checkpoint yet. The trained model
+    kept in memory (``ctx.trained``) is released on the way out."""
     try:
         yield
     except StageInterrupted as e:
@@ -291,6 +328,8 @@ def stage_guard(ctx: StageContext) -> Iterator[None]:
             ctx.run_dir.fail_stage(ctx.name, f"{type(e).__name__}: {msg}")
             settle_replaced(ctx, failed=True)
         raise
+    finally:
+        ctx.trained.release()
 
 
 def interrupted(ctx: StageContext, signum: int, done: int, total: int) -> StageInterrupted:
@@ -348,8 +387,10 @@ def train_source(cfg: R1Config) -> str:
 def heldout_eval(ctx: StageContext, checkpoint: Path, held_out: list[Example]) -> dict[str, Any]:
     """Evaluate the exported checkpoint on the held-out prompts; write ``STAGE/eval.json``.
 
-    Every rank loads the plain HF checkpoint and evaluates its share of the prompts, so this
-    works the same after ZeRO-3 and needs no gathered training weights.
+    Every rank evaluates its share of the prompts with the generator of
+    :func:`checkpoint_generator`: the trained model still in memory where the stage has it,
+    else the plain HF checkpoint loaded by every rank (after ZeRO-3 with the hf back end,
+    which needs no gathered training weights).
     """
     from r1pipe.data.templates import build_prompt
 
@@ -378,22 +419,46 @@ def checkpoint_generator(
     ctx: StageContext, checkpoint: Path, tokenizer: Any, *, this_rank_only: bool = False
 ) -> Iterator[Any]:
     """The generator of ``cfg.generation`` over an exported checkpoint (greedy evaluation's
-    batch size), freed on exit; ``this_rank_only``: a generator used by one rank alone."""
+    batch size), freed on exit; ``this_rank_only``: a generator used by one rank alone.
+
+    When ``checkpoint`` is the export of the model the stage trained and that model is still
+    in memory (``ctx.trained``), it is not loaded again (:func:`trained_model`): the
+    trainer's vLLM engine is used as it is (it holds the exported weights), or a new
+    generator is built over the model in memory."""
+    import gc
+
+    import torch
+
     from r1pipe.generation.build import build_generator
     from r1pipe.models import resolve_dtype
 
     cfg = ctx.cfg
-    model = load_model(checkpoint, cfg.model, dtype=resolve_dtype(cfg.model, ctx.dist.device))
-    model.to(ctx.dist.device)
-    generator = build_generator(
-        model,
-        tokenizer,
-        cfg.generation,
-        batch_size=cfg.eval.batch_size,
-        model_path=checkpoint,
-        dist=None if this_rank_only else ctx.dist,
-        seed=cfg.run.seed,
-    )
+    dtype = resolve_dtype(cfg.model, ctx.dist.device)
+    trained = ctx.trained if ctx.trained.checkpoint == checkpoint else None
+    generator = None
+    if trained is not None and trained.generator is not None:
+        if not this_rank_only and _dtype(trained.model) == dtype:
+            generator, trained.generator = trained.generator, None  # used once, closed below
+        else:  # its memory, before another engine starts
+            trained.close_generator()
+    model = None
+    if generator is None:
+        gc.collect()  # what training left (optimizer states), before more memory is taken
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        model = trained_model(trained, cfg.generation.backend, dtype)
+        if model is None:
+            model = load_model(checkpoint, cfg.model, dtype=dtype, device=ctx.dist.device)
+            model.to(ctx.dist.device)
+        generator = build_generator(
+            model,
+            tokenizer,
+            cfg.generation,
+            batch_size=cfg.eval.batch_size,
+            model_path=checkpoint,
+            dist=None if this_rank_only else ctx.dist,
+            seed=cfg.run.seed,
+        )
     try:
         yield generator
     finally:
@@ -401,6 +466,27 @@ def checkpoint_generator(
         if close is not None:  # a vLLM engine holds its memory until closed
             close()
         del model, generator
+
+
+def trained_model(trained: Trained | None, backend: str, dtype: Any) -> Any:
+    """The model in memory to build an evaluation generator over, in ``dtype`` (what loading
+    the export in ``dtype`` gives, as the export is its state dict); None: load the export.
+
+    The hf back end needs whole weights on every rank, so a ZeRO-3 partitioned model is not
+    used (the export is loaded, as before); vllm reads only the model's config and dtype
+    (the engine loads the checkpoint itself), which a partitioned model has too."""
+    if trained is None or trained.model is None:
+        return None
+    model = trained.model
+    if trained.zero3 and (backend == "hf" or _dtype(model) != dtype):
+        return None
+    if _dtype(model) != dtype:
+        model.to(dtype)  # in place: training is over
+    return model
+
+
+def _dtype(model: Any) -> Any:
+    return None if model is None else next(model.parameters()).dtype
 
 
 def evaluate_sharded(

@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import Progress
 
 from r1pipe.config.schema import GRPOConfig, SFTConfig
 from r1pipe.data.general import example_prompt
 from r1pipe.data.types import Example
 from r1pipe.generation.build import build_generator
-from r1pipe.models import load_model, load_tokenizer
+from r1pipe.models import load_policy, load_tokenizer
 from r1pipe.rl.build import build_grpo_trainer
 from r1pipe.rl.prompts import Prompts
 from r1pipe.rl.scoring import RewardFn
@@ -116,8 +115,11 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
         data.append(tokenize_sft(prompt(e), e.response, tokenizer, sft.max_seq_len))
     n_truncated = sum(d.truncated for d in data)
     total_steps, grad_accum = sft_schedule(sft, len(data), dist.world_size, f"stage.{ctx.key}")
+    model = load_policy(
+        ctx.start_model, cfg.model, cfg.deepspeed, dist, optim=sft, grad_accum=grad_accum
+    )
     engine = TrainEngine(
-        load_model(ctx.start_model, cfg.model, dtype=torch.float32),
+        model,
         ds_cfg=cfg.deepspeed,
         dist=dist,
         optim=sft,
@@ -142,6 +144,7 @@ def run_sft(ctx: StageContext, sft: SFTConfig, examples: list[Example]) -> dict[
         f"packing {'on' if sft.packing else 'off'}"
     )
     result = train(ctx, trainer, sft_plan(sft, total_steps), info=lambda r: f"loss {r['loss']:.4f}")
+    keep_trained(ctx, engine)
     return {
         "steps": total_steps,
         "train_loss": result.last.get("loss"),
@@ -199,11 +202,26 @@ def run_grpo(
         info=lambda r: f"reward {r['reward']:.3f} acc {r['accuracy'] or 0:.2f}",
         callbacks=[Every(rl.eval_every, evaluate, rl.max_steps)],
     )
-    close = getattr(trainer.generator, "close", None)
-    if close is not None:  # its memory, before the held-out evaluation starts an engine
-        close()
+    # a back end with its own weights (vLLM) got the last step's: the held-out evaluation
+    # of the export uses it as it is
+    own_weights = ctx.cfg.generation.backend != "hf"
+    keep_trained(ctx, trainer.engine, generator=trainer.generator if own_weights else None)
     keep = ("reward", "accuracy", "format_rate", "response_length_mean", "kl", "entropy")
     return {"steps": rl.max_steps, **{f"train_{k}": result.last.get(k) for k in keep}}
+
+
+def keep_trained(ctx: StageContext, engine: TrainEngine, *, generator: Any = None) -> None:
+    """After the export: keep the trained model (and a ``generator`` that holds its weights)
+    in ``ctx.trained`` for the held-out evaluation, and let the rest of the engine go.
+
+    DeepSpeed's optimizer hooks on the parameters would keep its states (fp32 master weights,
+    Adam's moments) alive as long as the model, so the engine is destroyed first. Under ZeRO-3
+    the hf back end evaluates the exported checkpoint (whole weights on every rank), so the
+    partitioned model is not kept for it."""
+    engine.engine.destroy()
+    zero3 = ctx.cfg.deepspeed.zero_stage == 3
+    model = None if zero3 and ctx.cfg.generation.backend == "hf" else engine.module
+    ctx.trained.keep(ctx.final_dir, model, generator=generator, zero3=zero3)
 
 
 class ProgressBar(Callback):
