@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
@@ -250,6 +251,8 @@ def load_policy(
     bf16 = use_bf16(ds_cfg, dist.device)
     zero3 = None
     if ds_cfg.zero_stage == 3:
+        _check_model_path(str(path))
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
         zero3 = deepspeed_config(
             ds_cfg,
             micro_batch_size=micro_batch_size or optim.micro_batch_size,
@@ -258,6 +261,8 @@ def load_policy(
             max_grad_norm=optim.max_grad_norm,
             bf16=bf16,
             optimizer=None,
+            device_type=dist.device.type,
+            hidden_size=getattr(config, "hidden_size", None),
         )
     dtype = training_dtype(bf16, dist.device)
     return load_model(path, cfg, dtype=dtype, device=dist.device, zero3_config=zero3)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from clihelpers import torchrun
 from transformers import AutoModelForCausalLM
+from transformers.integrations.deepspeed import deepspeed_config as ds_config
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 import r1pipe.generation.build
@@ -29,6 +30,7 @@ from r1pipe.models import (
 )
 from r1pipe.stages.common import Trained, checkpoint_generator
 from r1pipe.training.dist import DistInfo
+from r1pipe.training.engine import deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -78,7 +80,7 @@ def calls(monkeypatch):
     seen = []
 
     def record(path, **kwargs):
-        seen.append({**kwargs, "zero3_enabled": is_deepspeed_zero3_enabled()})
+        seen.append({**kwargs, "zero3_enabled": is_deepspeed_zero3_enabled(), "ds": ds_config()})
         return "model"
 
     monkeypatch.setattr(r1pipe.models.AutoModelForCausalLM, "from_pretrained", record)
@@ -101,6 +103,19 @@ def test_zero3_policy_is_built_under_zero_init(tiny, calls):
     load_policy(path, cfg.model, ds, GPU, optim=OPTIM, grad_accum=2)
     assert calls[0]["zero3_enabled"] and "device_map" not in calls[0]
     assert calls[0]["dtype"] == torch.bfloat16
+    # the engine's DeepSpeed config (its GPU sizes from the hidden size), less the optimizer
+    engine_config = deepspeed_config(
+        ds,
+        micro_batch_size=OPTIM.micro_batch_size,
+        grad_accum=2,
+        world_size=1,
+        max_grad_norm=OPTIM.max_grad_norm,
+        bf16=True,
+        optimizer=None,
+        device_type="cuda",
+        hidden_size=cfg.model.hidden_size,
+    )
+    assert calls[0]["ds"] == engine_config
     # the ZeRO-3 config is seen only during that load: later loads are whole models
     assert not is_deepspeed_zero3_enabled()
 
