@@ -148,7 +148,8 @@ class TrainEngine:
     """DeepSpeed engine + optimizer + LR schedule for one model.
 
     Args:
-        model: The HF model (full weights on every rank; ZeRO partitions them at init).
+        model: The HF model: full weights on every rank (ZeRO partitions them at init), or
+            under ZeRO-3 already partitioned at construction (:func:`r1pipe.models.load_policy`).
         ds_cfg: ``cfg.deepspeed``.
         dist: Process-group info.
         optim: The stage's optimizer block: AdamW, schedule (warmup is
