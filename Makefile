@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # swap our CPU torch for the newest CUDA build.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install sysdeps demo test test-fast lint bench clean
+.PHONY: install sysdeps demo test test-all test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,10 +33,14 @@ demo: $(STAMP)
 	$(BIN)/r1pipe run-all run.dir=runs/tiny
 
 test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q -m "not extended" $(PYTEST_ARGS)
+
+# everything, the extended stage tests too (about 5 more minutes on 2 cores)
+test-all: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not extended" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check r1pipe tests scripts

@@ -95,8 +95,20 @@ def keep_freed_memory() -> bool:
 
 
 def _destroy() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+    if not torch_dist.is_initialized():
+        return
+    if torch_dist.get_backend() == "gloo" and torch_dist.get_world_size() > 1:
+        # Ranks tear gloo down together: a rank that closes its connections while a peer's
+        # last messages are still in flight can abort the peer at exit ("terminate called
+        # without an active exception", seen under load). Bounded: a peer that died already
+        # costs 30 s, not a hang.
+        from datetime import timedelta
+
+        try:
+            torch_dist.monitored_barrier(timeout=timedelta(seconds=30))
+        except Exception:  # noqa: BLE001 - exiting anyway; the peer is gone
+            pass
+    torch_dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -82,7 +82,7 @@ def _damage(path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["overwrite", "truncate"])
+@pytest.mark.parametrize("how", ["overwrite", pytest.param("truncate", marks=pytest.mark.extended)])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(smoke_run, tmp_path, how):
     run_dir = tmp_path / how
     args = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")
@@ -173,6 +173,7 @@ def test_overlong_prompts_are_counted_and_skipped_or_refused(tmp_path):
     assert "set task.overlong_prompts=skip to leave them out" in refused.stderr
 
 
+@pytest.mark.extended
 def test_changed_config_starts_fresh(tmp_path):
     run_dir = tmp_path / "fresh"
     base = ("stage", "cold-start", "conf=smoke", f"run.dir={run_dir}")

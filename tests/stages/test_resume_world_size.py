@@ -2,6 +2,7 @@
 schedule come back and Adam's moments start afresh (logged); under ZeRO-3 it is refused with
 how to resume. Compared with the uninterrupted 1-rank run of the same config."""
 
+import pytest
 from clihelpers import cli, manifest, metrics
 
 # smoke cold-start: 6 steps, a checkpoint every 2
@@ -27,6 +28,7 @@ def test_two_rank_zero2_checkpoint_resumes_with_one_rank(smoke_run, tmp_path):
     assert abs(straight[5] - resumed[5]) < 0.05 * straight[5] and resumed[5] < resumed[3]
 
 
+@pytest.mark.extended
 def test_zero3_checkpoint_of_two_ranks_is_refused_with_one_and_says_how(tmp_path):
     run = tmp_path / "r"
     killed = cli(*ARGS, f"run.dir={run}", "deepspeed=zero3", nproc=2,

@@ -118,7 +118,7 @@ def test_rl_resume_after_crash(rl_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", [pytest.param("zero2", marks=pytest.mark.extended), "zero3"])
 def test_two_rank_grpo_step_equals_one_rank(smoke_run, tmp_path, zero):
     import subprocess
 
@@ -213,6 +213,7 @@ def test_warmup_counts_optimizer_steps_with_mu(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_zero3_resume_restores_the_refreshed_reference(smoke_run, tmp_path):
     """2 ranks, ZeRO-3: the reference is reset to the policy at step 3 (ref_update_every 2),
     saved in the step-3 checkpoint and must come back on resume: step 4's KL (to that

@@ -217,6 +217,7 @@ def test_failed_rerun_of_a_completed_stage_loses_nothing(full_run, tmp_path):
     assert not list(run_dir.glob(".*replaced"))
 
 
+@pytest.mark.extended
 def test_rerun_of_a_completed_stage_marks_the_later_ones_stale(full_run, tmp_path):
     src, _ = full_run
     run_dir = tmp_path / "run"
@@ -234,6 +235,7 @@ def test_rerun_of_a_completed_stage_marks_the_later_ones_stale(full_run, tmp_pat
     assert all(e["status"] == "completed" for e in manifest(run_dir)["stages"].values())
 
 
+@pytest.mark.extended
 def test_run_of_an_older_version_is_taken_as_it_is(full_run, tmp_path):
     """An older r1pipe recorded hashes without the keys added since (here task.duplicates):
     run-all re-hashes the completed stages from their config.yaml instead of calling them

@@ -17,7 +17,12 @@ from clihelpers import ROOT, cli, manifest, metrics, ok
 @pytest.mark.parametrize(
     "stage,sig,steps",
     [
-        ("cold-start", signal.SIGTERM, "stage.cold_start.max_steps=60"),
+        pytest.param(
+            "cold-start",
+            signal.SIGTERM,
+            "stage.cold_start.max_steps=60",
+            marks=pytest.mark.extended,
+        ),
         ("rl-reasoning", signal.SIGINT, "stage.rl_reasoning.max_steps=30"),
     ],
 )

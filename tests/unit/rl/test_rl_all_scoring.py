@@ -125,7 +125,10 @@ def test_general_eval_generates_with_the_configured_back_end(tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     cfg.generation.backend = "vllm"  # not installed here: refused, not replaced by hf
-    ctx = SimpleNamespace(cfg=cfg, dist=DistInfo(0, 1, 0, torch.device("cpu")), stage_dir=tmp_path)
+    from r1pipe.stages.common import Trained
+
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))  # no trained model in memory: from disk
+    ctx = SimpleNamespace(cfg=cfg, dist=dist, stage_dir=tmp_path, trained=Trained())
     scorers = {"helpfulness": None, "harmlessness": None}
     with pytest.raises(ConfigError, match="generation.backend: vllm"):
         general_eval(ctx, ckpt, GENERAL[:1], scorers)
