@@ -95,11 +95,17 @@ class Rollout:
         return [*out, (start, n)]
 
     def micro_batches(
-        self, size: int, token_budget: int = 0, count: int = 0
+        self, size: int, token_budget: int = 0, count: int = 0, same_passes: bool = False
     ) -> list[dict[str, torch.Tensor]]:
         """The loss's micro-batches (see :meth:`bounds`), trimmed of completion padding,
         then empty ones (one row, no loss) up to ``count``: ranks with fewer micro-batches
-        than another run these, so that every rank makes the same passes."""
+        than another run these, so that every rank makes the same passes.
+
+        ``same_passes`` (ZeRO-3, where every forward pass gathers parameters collectively):
+        every micro-batch takes the prompt-sharing path (a prompt pass, then the
+        completions), each row its own prompt where none share one, so that a micro-batch
+        whose rows share no prompt (a filler, a group cut by the budget) makes as many
+        passes as one whose rows do."""
         out = []
         P = self.prompt_len
         for s, e in self.bounds(size, token_budget):
@@ -118,14 +124,25 @@ class Rollout:
             if self.sampler_logprobs is not None:
                 mb["sampler_logprobs"] = self.sampler_logprobs[sl, :T]
             # which rows share a prompt, found here on the CPU (on a GPU it would be a sync)
-            runs = shared_prompts(mb["input_ids"], mb["attention_mask"], P)
-            if runs is not None:
-                mb["prompt_first"], mb["prompt_index"] = runs
+            _add_prompt_runs(mb, P, same_passes)
             out.append(mb)
         empty = {k: v[:1].clone() for k, v in out[0].items() if not k.startswith("prompt_")}
         empty["loss_mask"].zero_()
         empty["advantages"].zero_()
+        _add_prompt_runs(empty, P, same_passes)
         return out + [empty] * (count - len(out))
+
+
+def _add_prompt_runs(mb: dict[str, torch.Tensor], prompt_len: int, always: bool) -> None:
+    """Which rows of ``mb`` share a prompt (``prompt_first``, ``prompt_index``), found here
+    on the CPU (on a GPU it would be a sync); ``always``: each row its own run where none
+    share."""
+    runs = shared_prompts(mb["input_ids"], mb["attention_mask"], prompt_len)
+    if runs is None and always:
+        rows = torch.arange(mb["input_ids"].shape[0])
+        runs = (rows, rows.clone())
+    if runs is not None:
+        mb["prompt_first"], mb["prompt_index"] = runs
 
 
 def build_batch(
@@ -453,7 +470,7 @@ class GRPOTrainer:
         if self.token_budget:  # the most micro-batches any rank has
             count = len(batch.bounds(rl.micro_batch_size, self.token_budget))
             count = all_reduce_max(count, dist.device)
-        mbs = batch.micro_batches(rl.micro_batch_size, self.token_budget, count)
+        mbs = batch.micro_batches(rl.micro_batch_size, self.token_budget, count, self.zero3)
         P = batch.prompt_len
         module = self.engine.module
         if rl.mu > 1:  # the ratio needs the log-probs of the policy that sampled

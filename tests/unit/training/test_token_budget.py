@@ -137,3 +137,27 @@ def test_packed_rows_without_a_mask_attend_within_each_sequence(tiny):
     assert got == pytest.approx(want, rel=1e-5)
     # sequences attending across each other: another loss (4e-4 apart on this tiny model)
     assert abs(crossing - want) > 20 * max(abs(got - want), 1e-6 * want)
+
+
+def test_same_passes_under_zero3_give_every_micro_batch_the_prompt_path(tiny):
+    """ZeRO-3 gathers parameters in every forward pass, so every rank must make the same
+    passes: with ``same_passes`` a micro-batch whose rows share no prompt (a filler, a group
+    cut by the budget) takes the prompt path too, each row its own prompt; its log-probs are
+    those of plain full rows."""
+    from r1pipe.training.logprobs import completion_logprobs
+
+    tok, model = tiny
+    batch, _ = _rollout(n=8, group=4, P=5, seed=3)
+    budget = 1  # one row a micro-batch: no two rows of a micro-batch share a prompt
+    plain = batch.micro_batches(8, budget, count=10)
+    assert not any("prompt_first" in m for m in plain)
+    mbs = batch.micro_batches(8, budget, count=10, same_passes=True)
+    assert len(mbs) == 10 and all("prompt_first" in m for m in mbs)
+    model.eval()
+    with torch.no_grad():
+        for m in mbs[:3] + mbs[-1:]:
+            args = (model, m["input_ids"], m["attention_mask"], batch.prompt_len)
+            runs = (m["prompt_first"], m["prompt_index"])
+            own, _ = completion_logprobs(*args, prompt_runs=runs, bucket_overhead=None)
+            full, _ = completion_logprobs(*args, share_prompts=False, bucket_overhead=None)
+            torch.testing.assert_close(own, full, rtol=1e-5, atol=1e-5)
