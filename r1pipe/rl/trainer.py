@@ -251,6 +251,13 @@ class GRPOTrainer:
         groups = str(cfg.logprob_length_groups).lower()
         groups_on = dist.device.type == "cpu" if groups == "auto" else groups == "true"
         self._bucket_overhead = BUCKET_OVERHEAD_TOKENS if groups_on and not zero3 else None
+        # ZeRO-3: as many output-layer calls on every rank (each gathers its weights): enough
+        # chunks for the most completion tokens a micro-batch can hold
+        if self.token_budget:  # a row over the budget is a micro-batch of its own
+            most = max(self.token_budget, cfg.max_new_tokens)
+        else:
+            most = cfg.micro_batch_size * cfg.max_new_tokens
+        self._min_chunks = -(-most // cfg.logprob_chunk_size) if zero3 else 0
         self.is_mode = cfg.importance_sampling
         if self.is_mode == "auto":
             self.is_mode = "sequence_mask" if sampler_holds_weights else "none"
@@ -459,6 +466,7 @@ class GRPOTrainer:
                 bucket_overhead=self._bucket_overhead,
                 share_prompts=runs is not None,
                 prompt_runs=runs,
+                min_chunks=self._min_chunks,
             )
             out.append(lp.float())  # stays on the device: no copy back, no sync
         return out
@@ -499,6 +507,7 @@ class GRPOTrainer:
                 bucket_overhead=self._bucket_overhead,
                 share_prompts=runs is not None,
                 prompt_runs=runs,
+                min_chunks=self._min_chunks,
             )
             old = mb.get("old_logprobs", logprobs.detach())
             sampler = None

@@ -133,6 +133,7 @@ def completion_logprobs(
     share_prompts: bool = True,
     bucket_overhead: int | None = BUCKET_OVERHEAD_TOKENS,
     prompt_runs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    min_chunks: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of the completion tokens.
 
@@ -151,6 +152,9 @@ def completion_logprobs(
             The groups are found on the host (a sync): a CPU choice.
         prompt_runs: :func:`shared_prompts` of these rows, computed beforehand (no host
             sync here); None: found here when ``share_prompts``.
+        min_chunks: Call the output layer at least this many times (empty chunks past the
+            data): under ZeRO-3 each call gathers its weights collectively, so every rank
+            must make as many, whatever its number of completion tokens.
 
     Returns:
         ``logprobs [N, T]`` and ``entropy [N, T]`` (entropy carries no gradient).
@@ -218,6 +222,7 @@ def completion_logprobs(
             transform,
             temperature,
             chunk_size,
+            min_chunks,
         )
     lps, ents = [], []
     for group in groups:
@@ -239,13 +244,14 @@ def _head_logprobs(
     transform: Transform,
     temperature: float,
     chunk_size: int,
+    min_chunks: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and (detached) entropies of ``targets [n, t]`` from hidden states
     ``h [n, t, H]``, ``chunk_size`` rows of logits at a time."""
     n, t, H = h.shape
     flat_h, flat_t = h.reshape(n * t, H), targets.reshape(n * t)
     lps, ents = [], []
-    for s in range(0, n * t, chunk_size):
+    for s in range(0, max(n * t, min_chunks * chunk_size), chunk_size):
         hc, tc = flat_h[s : s + chunk_size], flat_t[s : s + chunk_size]
         if torch.is_grad_enabled() and hc.requires_grad:
             lp, ent = checkpoint(

@@ -161,3 +161,25 @@ def test_same_passes_under_zero3_give_every_micro_batch_the_prompt_path(tiny):
             own, _ = completion_logprobs(*args, prompt_runs=runs, bucket_overhead=None)
             full, _ = completion_logprobs(*args, share_prompts=False, bucket_overhead=None)
             torch.testing.assert_close(own, full, rtol=1e-5, atol=1e-5)
+
+
+def test_min_chunks_calls_the_output_layer_as_often_with_the_same_log_probs(tiny):
+    """ZeRO-3 gathers the output layer's weights in each call: ``min_chunks`` makes every
+    rank call it as often (empty chunks past the data), the log-probs unchanged."""
+    from r1pipe.training.logprobs import completion_logprobs
+
+    tok, model = tiny
+    batch, _ = _rollout(n=4, group=4, P=5, seed=4)
+    calls = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda *a: calls.append(1))
+    args = (model, batch.input_ids, batch.attention_mask, batch.prompt_len)
+    try:
+        with torch.no_grad():
+            few, _ = completion_logprobs(*args, chunk_size=16, bucket_overhead=None)
+            n_few, calls[:] = len(calls), []
+            many, _ = completion_logprobs(*args, chunk_size=16, bucket_overhead=None, min_chunks=40)
+    finally:
+        hook.remove()
+    assert n_few < 40 and len(calls) == 40
+    torch.testing.assert_close(many, few)
