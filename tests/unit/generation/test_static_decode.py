@@ -199,10 +199,11 @@ def test_switches(models, tok):
     assert (built.static_batch, built.cuda_graphs) == ("true", "false")
 
 
-def _graphed_vs_eager(model, tok, monkeypatch, seed: int) -> None:
+def _graphed_vs_eager(model, tok, monkeypatch, seed: int) -> int:
     """For a few cases: the loop with CUDA graphs gives exactly what the same static-shaped
-    step gives run eagerly, and what the compacting loop gives up to float rounding."""
-    captured = []
+    step gives run eagerly, and what the compacting loop gives up to float rounding.
+    Returns how many graphs the loop captured (asserted inside for each case)."""
+    captured, graphs = [], 0
     real = fused.StaticFusedStep.capture
 
     def spy(self, *a, **kw):
@@ -221,10 +222,12 @@ def _graphed_vs_eager(model, tok, monkeypatch, seed: int) -> None:
         graphed = _run(model, tok, params, static_batch="true", cuda_graphs="true")
         batches = -(-len(PROMPTS) // (8 // params.n))
         assert len(captured) == batches and all(s.graph is not None for s in captured)
+        graphs += len(captured)
         captured.clear()
         _assert_same(eager, graphed)
         if next(model.parameters()).dtype == torch.float32:
             _assert_same(compacting, graphed, atol=1e-4)
+    return graphs
 
 
 class _StandInGraph:
@@ -249,7 +252,7 @@ def test_graph_branch_of_the_loop_on_cpu(tok, monkeypatch):
     monkeypatch.setattr(HFGenerator, "_loop_modes", _forced_modes)
     model = _model(tok, seed=6)
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
-    _graphed_vs_eager(model, tok, monkeypatch, seed=7)
+    assert _graphed_vs_eager(model, tok, monkeypatch, seed=7) >= 3  # one a case at least
 
 
 def _forced_modes(self, device):
@@ -263,4 +266,4 @@ def _forced_modes(self, device):
 def test_cuda_graph_samples_what_the_eager_step_samples(tok, monkeypatch, dtype):
     model = _model(tok, seed=6)
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
-    _graphed_vs_eager(model.to("cuda", dtype), tok, monkeypatch, seed=7)
+    assert _graphed_vs_eager(model.to("cuda", dtype), tok, monkeypatch, seed=7) >= 3
