@@ -2,13 +2,17 @@
 # The GPU checks of issue 15 as one command, for a machine with one NVIDIA GPU whose Python
 # has torch (CUDA) and transformers but not the rest of r1pipe's dependencies.
 #
-# Prepare here, once (wheels for the GPU machine's Python, no dependencies pulled):
-#   echo /.whl/ >> .git/info/exclude
+# Prepare here, once (wheels for the GPU machine's Python 3.12, no dependencies pulled; .whl/
+# is git-ignored, so pass it to the device tool's `carry`). The H200 image (KINDS.md in the
+# device tool) has torch, transformers, accelerate, typer, rich, pytest, numpy, sympy, but
+# not these (datasets is imported only by `r1pipe eval`'s benchmark loader, not needed here):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl \
-#       hydra-core==1.3.2 omegaconf==2.3.0 typer rich pytest pluggy iniconfig
-#   (KINDS.md in the device tool lists what the image has; fetch only what it lacks)
+#       hydra-core==1.3.2 omegaconf==2.3.0 pydantic==2.14.4 pydantic_core==2.50.5 \
+#       annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0 math-verify==0.9.0 \
+#       latex2sympy2_extended==1.11.0
 #   python3 -m pip wheel --no-deps -w .whl deepspeed==0.19.8 antlr4-python3-runtime==4.9.3
+# (about 5.4 MB in all)
 # Then run it there from the repository root:
 #   bash scripts/gpu_check.sh OUT_DIR
 # It writes OUT_DIR/tests.log (the CUDA-only tests: CUDA-graph decode, bf16 paths) and
