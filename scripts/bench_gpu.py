@@ -658,7 +658,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dist = init_distributed()
         device_name = torch.cuda.get_device_name() if cuda else "cpu"
 
-        def say(msg: str) -> None:
+        def say(msg: str, part: dict[str, Any] | None = None) -> None:
+            """A progress line; with ``part``, that part's figures too, so that a run cut
+            short (a device's time limit) still leaves the parts it finished in its log."""
+            if part is not None:
+                msg += " " + json.dumps(part, default=str)
             print(f"[bench_gpu {time.perf_counter() - t_start:5.1f}s] {msg}", file=sys.stderr)
 
         say(f"SFT on {device_name} ...")
@@ -671,6 +675,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             micro_batches=sft["micro_batches_per_step"], **ceil_kw,
         )  # fmt: skip
         sft["ratio"] = _div(sft["tokens_per_s"], ceil_sft["tokens_per_s"])
+        say("SFT:", sft)
+        say("SFT ceiling:", ceil_sft)
         say("GRPO (hf) ...")
         grpo = run_grpo(cfg, dist, args, memory)
         _free()
@@ -680,6 +686,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             micro_batches=grpo["micro_batches_per_step"], **ceil_kw,
         )  # fmt: skip
         grpo["train_ratio"] = _div(grpo["train_tokens_per_s"], ceil_grpo["tokens_per_s"])
+        say("GRPO (hf):", grpo)
+        say("GRPO train ceiling:", ceil_grpo)
         grpo_vllm: dict[str, Any] | None = None
         if cuda and vllm_found and not args.no_vllm:
             say("GRPO (vLLM) ...")
@@ -692,6 +700,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             except Exception as e:  # noqa: BLE001 - optional back end: recorded, not fatal
                 grpo_vllm = {"error": f"{type(e).__name__}: {e}"}
+            say("GRPO (vLLM):", grpo_vllm)
     rl, cs, gen = cfg.stage.rl_reasoning, cfg.stage.cold_start, cfg.generation
     peaks = [p["peak_memory_mib"] for p in (sft, ceil_sft, grpo, ceil_grpo)]
     result: dict[str, Any] = {

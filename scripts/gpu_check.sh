@@ -31,7 +31,9 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)" | tee -a "$out/gpu.txt"
-# the tests that only run with CUDA (skipped on CPU machines)
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/unit/generation/test_static_decode.py \
+# The device tool runs one command for at most 600 s: the bench first (the figures;
+# its log keeps each part's figures as it finishes, should the limit cut it short), then the
+# CUDA-only tests (skipped on CPU machines); 380 + 150 s plus the set-up leaves a margin.
+timeout 380 python3 scripts/bench_gpu.py --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.log" | tail -40
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/unit/generation/test_static_decode.py \
   tests/unit/test_model_loading.py 2>&1 | tee "$out/tests.log" | tail -5
-timeout 420 python3 scripts/bench_gpu.py --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.log" | tail -40

@@ -29,7 +29,7 @@ def _positive(value: object, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
     out = tmp_path_factory.mktemp("bench_gpu") / "out.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -41,11 +41,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, proc.stderr
 
 
-def test_every_figure_is_there_and_positive(tiny_run: tuple[dict, str]) -> None:
-    r, _ = tiny_run
+def test_every_figure_is_there_and_positive(tiny_run: tuple[dict, str, str]) -> None:
+    r, _, _ = tiny_run
     assert r["tiny"] is True
     for part in ("sft", "grpo_train"):
         _positive(r["ceiling"][part]["tokens_per_s"], f"ceiling {part}")
@@ -70,8 +70,8 @@ def test_every_figure_is_there_and_positive(tiny_run: tuple[dict, str]) -> None:
     assert r["config"]["logprob_length_groups"] == "auto"
 
 
-def test_ratios_are_figure_over_ceiling_as_printed(tiny_run: tuple[dict, str]) -> None:
-    r, stdout = tiny_run
+def test_ratios_are_figure_over_ceiling_as_printed(tiny_run: tuple[dict, str, str]) -> None:
+    r, stdout, _ = tiny_run
     sft, grpo, ceil = r["sft"], r["grpo"], r["ceiling"]
     assert sft["ratio"] == pytest.approx(sft["tokens_per_s"] / ceil["sft"]["tokens_per_s"])
     assert grpo["train_ratio"] == pytest.approx(
@@ -91,8 +91,8 @@ def test_ratios_are_figure_over_ceiling_as_printed(tiny_run: tuple[dict, str]) -
     assert f"{dec['speedup']:.2f}x" in rows[f"hf decode step ({dec['rows']} rows)"]
 
 
-def test_gpu_only_figures_are_null_on_cpu(tiny_run: tuple[dict, str]) -> None:
-    r, stdout = tiny_run
+def test_gpu_only_figures_are_null_on_cpu(tiny_run: tuple[dict, str, str]) -> None:
+    r, stdout, _ = tiny_run
     if r["device"] != "cpu":
         pytest.skip("ran on a GPU")
     grpo = r["grpo"]
@@ -137,3 +137,23 @@ def test_plain_table_without_rich(
     assert out[0] == "title" and out[-1] == "caption"
     assert out[1].split("│")[1].strip() == "figure"
     assert [c.strip() for c in out[2].split("│")[1:-1]] == list(rows[0])
+
+
+def test_the_log_keeps_each_parts_figures_as_it_finishes(tiny_run: tuple[dict, str, str]) -> None:
+    """A run cut short by a device's time limit writes no JSON: its log must already hold the
+    parts it finished, the same figures as the JSON's."""
+    r, _, stderr = tiny_run
+    parts = {}
+    for line in stderr.splitlines():
+        for label in ("SFT:", "SFT ceiling:", "GRPO (hf):", "GRPO train ceiling:"):
+            head = f"] {label} "
+            if head in line:
+                parts[label] = json.loads(line.split(head, 1)[1])
+    assert parts["SFT:"]["tokens_per_s"] == pytest.approx(r["sft"]["tokens_per_s"])
+    assert parts["SFT ceiling:"]["tokens_per_s"] == pytest.approx(
+        r["ceiling"]["sft"]["tokens_per_s"]
+    )
+    assert parts["GRPO (hf):"]["train_ratio"] == pytest.approx(r["grpo"]["train_ratio"])
+    assert parts["GRPO train ceiling:"]["tokens_per_s"] == pytest.approx(
+        r["ceiling"]["grpo_train"]["tokens_per_s"]
+    )
