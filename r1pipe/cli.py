@@ -73,10 +73,13 @@ def _compose(overrides: list[str] | None, stages: list[str] | None = None):
     """The validated config; with ``stages``, also every file those stages will read and the
     run directory they write (before any of them runs)."""
     from r1pipe.config import compose
-    from r1pipe.preflight import validate_inputs
 
     cfg, dcfg = compose(list(overrides or []))
     if stages is not None:
+        # imported only now: it pulls in transformers and math-verify (seconds), which a
+        # config error does not need to wait for
+        from r1pipe.preflight import validate_inputs
+
         validate_inputs(cfg, stages)
         _start_checks(cfg, stages)
     return cfg, dcfg
@@ -222,11 +225,12 @@ def _eval_overrides(overrides: list[str]) -> list[str]:
 def eval_cmd(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     try:
         from r1pipe.config.inputs import validate_eval_inputs
-        from r1pipe.preflight import check_backend
 
         cfg, _ = _compose(_eval_overrides(list(overrides or [])))
         validate_eval_inputs(cfg)
         if not cfg.bench.predictions:  # scoring a predictions file generates nothing
+            from r1pipe.preflight import check_backend  # after the config: seconds to import
+
             check_backend(cfg)
         _quiet()
         from r1pipe.evaluation import run_eval

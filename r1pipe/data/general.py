@@ -12,8 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from r1pipe.config.inputs import check_file
 from r1pipe.config.schema import TaskConfig
@@ -21,6 +20,9 @@ from r1pipe.data.jsonl import drop_duplicate_ids, read_jsonl, row_id, text_field
 from r1pipe.data.templates import build_prompt
 from r1pipe.data.types import Example
 from r1pipe.errors import UserError
+
+if TYPE_CHECKING:  # transformers is a 1.5 s import: a config error should not wait for it
+    from transformers import PreTrainedTokenizerBase
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 

@@ -81,3 +81,38 @@ def test_a_broken_experiment_file_is_one_line_from_the_real_cli(tmp_path):
         f"error: conf={exp}: not valid YAML (line 4, column 1: expected the node content, but "
         "found '<stream end>')\n"
     )
+
+
+HEAVY = (
+    "torch",
+    "transformers",
+    "deepspeed",
+)  # math-verify (0.5 s) stays: the config checks read its verifiers
+
+
+def test_a_config_error_imports_none_of_the_heavy_libraries(tmp_path):
+    """A typo in a key was answered after about 10 s spent importing torch and transformers
+    (the config's check of generation.backend pulled in the hf back end, and the input checks
+    were imported before the config was read); 1.8 s here now."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from r1pipe.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    for command in (
+        ["stage", "cold-start", "conf=smoke", "model.foo=1", f"run.dir={tmp_path}/r"],
+        ["eval", "conf=smoke", "model.foo=1"],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-c", script, *command], capture_output=True, text=True, timeout=120
+        )
+        assert res.stderr == "error: config error: unknown config key 'model.foo'\n", res.stderr
+        assert res.stdout.splitlines() == ["exit 2", "[]"], (command, res.stdout)
+    assert not (tmp_path / "r").exists()
