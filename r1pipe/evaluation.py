@@ -579,7 +579,6 @@ def run_eval(cfg: R1Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
     dtype = resolve_dtype(cfg.model, dist.device)
     model = load_model(checkpoint, cfg.model, dtype=dtype, device=dist.device)
-    model.to(dist.device)
     context = getattr(model.config, "max_position_embeddings", None)
     if context and ev.max_new_tokens > context:
         # No model writes more than its context window; the paper's 32k would only make a

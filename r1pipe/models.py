@@ -213,8 +213,9 @@ def load_model(
 
     Args:
         dtype: The weights' dtype.
-        device: Where the model is used: on CUDA the weights are read straight onto it;
-            None or CPU: loaded on the host (the caller moves it).
+        device: Where the model is used: on CUDA the weights are read straight onto it,
+            elsewhere loaded on the host and moved there; None: left on the host. (Under
+            ``zero3_config`` DeepSpeed places the partitions.)
         zero3_config: A ZeRO-3 DeepSpeed config dict: the model is partitioned at
             construction (:func:`zero3_init`), each rank holding its share.
     """
@@ -229,6 +230,8 @@ def load_model(
             )
     except (OSError, ValueError, ImportError) as e:
         raise UserError(f"model.path={path}: cannot load a causal LM ({_first_line(e)})") from None
+    if device is not None and zero3_config is None:
+        model.to(device)  # no copy where device_map put it there already
     return model
 
 

@@ -257,7 +257,7 @@ def ceiling(
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     memory.start()
-    model = load_model(model_dir, cfg.model, dtype=dtype).to(device)
+    model = load_model(model_dir, cfg.model, dtype=dtype, device=device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -267,9 +267,7 @@ def build_judge(cfg: JudgeConfig, device: Any, generation: GenerationConfig | No
         assert cfg.path is not None
         spec = ModelConfig(name="judge", path=cfg.path)
         tokenizer = load_tokenizer(cfg.path)
-        model = load_model(cfg.path, spec, dtype=resolve_dtype(spec, device), device=device).to(
-            device
-        )
+        model = load_model(cfg.path, spec, dtype=resolve_dtype(spec, device), device=device)
         generator = build_generator(
             model,
             tokenizer,

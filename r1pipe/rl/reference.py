@@ -53,8 +53,8 @@ class Reference:
             import deepspeed
 
             ref = deepspeed.initialize(model=ref, config=ds)[0].module
-        else:
-            ref.to(dist.device, dtype=torch.bfloat16 if bf16 else torch.float32)
+        elif bf16:  # on CPU too, where it was read in fp32 (DeepSpeed casts the policy there)
+            ref.to(dtype=torch.bfloat16)
         return cls(ref.eval(), dist, zero3=zero3)
 
     def refresh_from(self, policy: torch.nn.Module) -> None:

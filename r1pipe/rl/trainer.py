@@ -95,11 +95,11 @@ class Rollout:
         return [*out, (start, n)]
 
     def micro_batches(
-        self, size: int, token_budget: int = 0, count: int = 0, same_passes: bool = False
+        self, bounds: list[tuple[int, int]], count: int = 0, same_passes: bool = False
     ) -> list[dict[str, torch.Tensor]]:
-        """The loss's micro-batches (see :meth:`bounds`), trimmed of completion padding,
-        then empty ones (one row, no loss) up to ``count``: ranks with fewer micro-batches
-        than another run these, so that every rank makes the same passes.
+        """The loss's micro-batches, rows ``bounds`` (:meth:`bounds`), trimmed of completion
+        padding, then empty ones (one row, no loss) up to ``count``: ranks with fewer
+        micro-batches than another run these, so that every rank makes the same passes.
 
         ``same_passes`` (ZeRO-3, where every forward pass gathers parameters collectively):
         every micro-batch takes the prompt-sharing path (a prompt pass, then the
@@ -108,7 +108,7 @@ class Rollout:
         passes as one whose rows do."""
         out = []
         P = self.prompt_len
-        for s, e in self.bounds(size, token_budget):
+        for s, e in bounds:
             sl = slice(s, e)
             T = int(self.attention_mask[sl, P:].sum(1).max().clamp(min=1))  # trim padding
             mb = {
@@ -474,11 +474,11 @@ class GRPOTrainer:
     def train_on(self, batch: Rollout) -> dict[str, float]:
         """``mu`` optimizer steps on one rollout batch; returns averaged loss statistics."""
         rl, dist = self.rl, self.dist
+        bounds = batch.bounds(rl.micro_batch_size, self.token_budget)
         count = 0
         if self.token_budget:  # the most micro-batches any rank has
-            count = len(batch.bounds(rl.micro_batch_size, self.token_budget))
-            count = all_reduce_max(count, dist.device)
-        mbs = batch.micro_batches(rl.micro_batch_size, self.token_budget, count, self.zero3)
+            count = all_reduce_max(len(bounds), dist.device)
+        mbs = batch.micro_batches(bounds, count, self.zero3)
         P = batch.prompt_len
         module = self.engine.module
         if rl.mu > 1:  # the ratio needs the log-probs of the policy that sampled

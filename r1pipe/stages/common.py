@@ -449,7 +449,6 @@ def checkpoint_generator(
         model = trained_model(trained, cfg.generation.backend, dtype)
         if model is None:
             model = load_model(checkpoint, cfg.model, dtype=dtype, device=ctx.dist.device)
-            model.to(ctx.dist.device)
         generator = build_generator(
             model,
             tokenizer,

@@ -131,7 +131,7 @@ def load_sampler(ctx: StageContext, rs: RejectionSFTConfig) -> RejectionSampler:
     cfg, dist = ctx.cfg, ctx.dist
     tokenizer = load_tokenizer(ctx.start_model, cfg.model.trust_remote_code)
     dtype = resolve_dtype(cfg.model, dist.device)
-    model = load_model(ctx.start_model, cfg.model, dtype=dtype, device=dist.device).to(dist.device)
+    model = load_model(ctx.start_model, cfg.model, dtype=dtype, device=dist.device)
     policy = build_generator(
         model, tokenizer, cfg.generation, model_path=ctx.start_model, dist=dist, seed=cfg.run.seed
     )

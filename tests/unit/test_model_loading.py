@@ -79,9 +79,13 @@ def calls(monkeypatch):
     config was visible to transformers during the call)."""
     seen = []
 
+    class Loaded:  # what load_model then moves onto the device (a no-op here)
+        def to(self, *args, **kwargs):
+            return self
+
     def record(path, **kwargs):
         seen.append({**kwargs, "zero3_enabled": is_deepspeed_zero3_enabled(), "ds": ds_config()})
-        return "model"
+        return Loaded()
 
     monkeypatch.setattr(r1pipe.models.AutoModelForCausalLM, "from_pretrained", record)
     return seen

@@ -109,7 +109,7 @@ def test_rollout_budget_bounds_cover_rows_in_order_within_budget():
     for s, e in bounds:
         width = P + int(comp[s:e].max())
         assert (e - s) * width <= budget or e - s == 1
-    mbs = batch.micro_batches(8, budget, count=len(bounds) + 2)
+    mbs = batch.micro_batches(bounds, count=len(bounds) + 2)
     assert len(mbs) == len(bounds) + 2
     assert sum(int(m["loss_mask"].sum()) for m in mbs) == int(batch.loss_mask.sum())
     filler = mbs[-1]
@@ -149,9 +149,9 @@ def test_same_passes_under_zero3_give_every_micro_batch_the_prompt_path(tiny):
     tok, model = tiny
     batch, _ = _rollout(n=8, group=4, P=5, seed=3)
     budget = 1  # one row a micro-batch: no two rows of a micro-batch share a prompt
-    plain = batch.micro_batches(8, budget, count=10)
+    plain = batch.micro_batches(batch.bounds(8, budget), count=10)
     assert not any("prompt_first" in m for m in plain)
-    mbs = batch.micro_batches(8, budget, count=10, same_passes=True)
+    mbs = batch.micro_batches(batch.bounds(8, budget), count=10, same_passes=True)
     assert len(mbs) == 10 and all("prompt_first" in m for m in mbs)
     model.eval()
     with torch.no_grad():
